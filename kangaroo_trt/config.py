@@ -1,0 +1,223 @@
+"""Typed configuration, normalised once and carried everywhere.
+
+* ``ModelSpec``: the target model's geometry, read once from a Hugging Face config.
+* ``AdapterSpec``: the Kangaroo adapter's attention geometry (one attention block, two RMSNorms).
+* ``DecodeConfig``: gamma (max drafts per round) and tau (early-exit confidence threshold).
+* ``ExportConfig``: exit layer, KV-cache capacity and precisions of an engine directory.
+
+All are frozen dataclasses that round-trip through plain dicts (the manifest stores them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+PRECISIONS = ("fp32", "fp16")
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__} got unknown fields {sorted(unknown)}: the file was written by another version")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Geometry of a Llama-family decoder, independent of where its weights live."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_inv_freq: tuple[float, ...]
+    rope_scaling: float
+    attention_bias: bool
+    output_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    eos_token_ids: tuple[int, ...]
+    sliding_window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if len(self.rope_inv_freq) * 2 != self.head_dim:
+            raise ConfigError(f"rotary table has {len(self.rope_inv_freq)} frequencies, head_dim {self.head_dim} needs half")
+
+    @property
+    def kv_groups(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_hf_config(cls, config) -> "ModelSpec":
+        """Normalise a transformers ``PretrainedConfig``; refuse anything this exporter cannot reproduce exactly."""
+        arch = getattr(config, "model_type", None)
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"model type {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)}): "
+                "use a Llama-family decoder"
+            )
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise ConfigError(f"hidden_act {config.hidden_act!r} is not supported: only SiLU-gated MLPs are")
+        rope = dict(getattr(config, "rope_parameters", None) or {})
+        rope_type = rope.get("rope_type", "default")
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(
+                f"rope type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+            )
+        inv_freq, scaling = _rope_table(config)
+        sliding = getattr(config, "sliding_window", None)
+        if arch == "qwen2" and not getattr(config, "use_sliding_window", False):
+            sliding = None
+        # Qwen2 hard-codes bias on q/k/v (not o); Llama and Mistral put ``attention_bias`` on all four.
+        qkv_bias = True if arch == "qwen2" else bool(getattr(config, "attention_bias", False))
+        out_bias = False if arch == "qwen2" else qkv_bias
+        eos = config.eos_token_id
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(
+            architecture=arch,
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(config.rms_norm_eps),
+            rope_inv_freq=tuple(float(x) for x in inv_freq),
+            rope_scaling=float(scaling),
+            attention_bias=qkv_bias,
+            output_bias=out_bias,
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            max_position_embeddings=int(config.max_position_embeddings),
+            eos_token_ids=eos_ids,
+            sliding_window=sliding,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return _from_dict(cls, data)
+
+
+def _rope_table(config) -> tuple[list[float], float]:
+    """Inverse frequencies and attention scaling exactly as transformers computes them for this config."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(config)
+    return rotary.inv_freq.tolist(), float(rotary.attention_scaling)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The Kangaroo adapter: ``h = x + Attn(RMSNorm_1(x))``, then ``RMSNorm_2(h)``, then the LM head."""
+
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    attention_bias: bool = False
+
+    @property
+    def kv_groups(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def like(cls, model: ModelSpec) -> "AdapterSpec":
+        """The paper's choice: the adapter's attention has the target model's geometry."""
+        return cls(model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.rms_norm_eps)
+
+    def check_fits(self, model: ModelSpec) -> None:
+        if self.hidden_size != model.hidden_size:
+            raise ConfigError(
+                f"adapter hidden size {self.hidden_size} != model hidden size {model.hidden_size}: "
+                "the adapter was trained for another model"
+            )
+        if self.head_dim != model.head_dim:
+            raise ConfigError(f"adapter head_dim {self.head_dim} != model head_dim {model.head_dim}: it shares the model's rotary table")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdapterSpec":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Kangaroo decoding knobs. gamma: max drafts per round; tau: stop drafting below this confidence."""
+
+    gamma: int = 6
+    tau: float = 0.6
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gamma, int) or self.gamma < 1:
+            raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}: it is the max number of drafts per round")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ConfigError(f"tau must lie in [0, 1], got {self.tau!r}: it is a softmax-probability threshold")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What an engine directory holds: graphs split at ``exit_layer``, caches of ``max_seq_len`` positions."""
+
+    exit_layer: int = 2
+    max_seq_len: int = 1024
+    precisions: tuple[str, ...] = ("fp32",)
+    prefill_chunk: int = 128
+    max_verify: int = 8  # largest verify step (gamma + 1) the engines are profiled for
+    opset: int = 17
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                raise ConfigError(f"precision {p!r} is not supported (supported: {', '.join(PRECISIONS)})")
+        if not self.precisions:
+            raise ConfigError("at least one precision is needed, e.g. --precision fp32")
+        if self.max_seq_len < 2:
+            raise ConfigError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
+        if self.prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.decode.gamma + 1 > self.max_verify:
+            raise ConfigError(f"default gamma {self.decode.gamma} needs max_verify >= {self.decode.gamma + 1}")
+
+    def check_fits(self, model: ModelSpec) -> None:
+        if not 1 <= self.exit_layer < model.num_layers:
+            raise ConfigError(
+                f"exit layer {self.exit_layer} must lie in [1, {model.num_layers - 1}] for a {model.num_layers}-layer model"
+            )
+        if self.max_seq_len > model.max_position_embeddings:
+            raise ConfigError(
+                f"max_seq_len {self.max_seq_len} exceeds the model's max_position_embeddings "
+                f"{model.max_position_embeddings}: pass a smaller --max-seq-len"
+            )
+        if model.sliding_window is not None and self.max_seq_len > model.sliding_window:
+            raise ConfigError(
+                f"max_seq_len {self.max_seq_len} exceeds the sliding window {model.sliding_window}, which the "
+                f"exported full-attention graphs do not reproduce: pass --max-seq-len {model.sliding_window} or less"
+            )

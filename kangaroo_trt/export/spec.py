@@ -1,0 +1,148 @@
+"""Each graph's I/O contract, declared once.
+
+``graph_specs`` returns one ``GraphSpec`` per graph; the ONNX input/output names and dynamic axes, the
+export's example inputs, the parity check's random feeds, the runner's preallocated buffers, feed
+validation and (later) TensorRT optimisation profiles are all derived from it. The only dynamic
+dimension is ``n``, the number of new tokens in a call (prefill chunk, draft step, verify step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import AdapterSpec, ExportConfig, ModelSpec
+from ..errors import InputError
+
+NEW_TOKENS = "n"
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # str entries are symbolic (dynamic) dimensions
+
+    def concrete(self, n: int) -> tuple[int, ...]:
+        return tuple(n if d == NEW_TOKENS else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One attention layer's cache: a preallocated ``past`` buffer and the ``present`` rows a call returns."""
+
+    layer: int
+    past_key: str
+    past_value: str
+    present_key: str
+    present_value: str
+    shape: tuple[int, int, int, int]  # [1, kv_heads, max_seq_len, head_dim]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    caches: tuple[CacheSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def token_inputs(self) -> tuple[TensorSpec, ...]:
+        """Inputs that carry the new tokens (everything but the caches)."""
+        cache = {c.past_key for c in self.caches} | {c.past_value for c in self.caches}
+        return tuple(t for t in self.inputs if t.name not in cache)
+
+    @property
+    def token_outputs(self) -> tuple[TensorSpec, ...]:
+        cache = {c.present_key for c in self.caches} | {c.present_value for c in self.caches}
+        return tuple(t for t in self.outputs if t.name not in cache)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                for t in (*self.inputs, *self.outputs) if any(isinstance(d, str) for d in t.shape)}
+
+    def check_feeds(self, feeds: dict[str, np.ndarray], n: int) -> None:
+        """Refuse feeds whose names, dtypes or shapes differ from the contract (one line, names the tensor)."""
+        for t in self.token_inputs:
+            if t.name not in feeds:
+                raise InputError(f"{self.name} graph: missing input {t.name!r}")
+            a = feeds[t.name]
+            if a.dtype != np.dtype(t.dtype) or a.shape != t.concrete(n):
+                raise InputError(f"{self.name} graph: input {t.name!r} is {a.dtype}{list(a.shape)}, expected {t.dtype}{list(t.concrete(n))}")
+
+    def random_feeds(self, n: int, past_len: int, rng: np.random.Generator, vocab_size: int) -> dict[str, np.ndarray]:
+        """Random but valid feeds: caches are random in every slot, so masking of stale slots is exercised."""
+        feeds = {}
+        for t in self.inputs:
+            shape = t.concrete(n)
+            if t.name == "input_ids":
+                feeds[t.name] = rng.integers(0, vocab_size, shape, dtype=np.int64)
+            elif t.name == "position_ids":
+                feeds[t.name] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+            else:
+                feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
+        return feeds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.inputs],
+            "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.outputs],
+            "caches": [{**c.__dict__, "shape": list(c.shape)} for c in self.caches],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GraphSpec":
+        tensors = lambda items: tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)  # noqa: E731
+        caches = tuple(CacheSpec(**{**c, "shape": tuple(c["shape"])}) for c in d["caches"])
+        return cls(d["name"], tensors(d["inputs"]), tensors(d["outputs"]), caches)
+
+
+def _caches(layers: range, kv_heads: int, head_dim: int, max_seq_len: int, dtype: str) -> tuple[CacheSpec, ...]:
+    shape = (1, kv_heads, max_seq_len, head_dim)
+    return tuple(CacheSpec(i, f"past_key.{i}", f"past_value.{i}", f"present_key.{i}", f"present_value.{i}", shape, dtype)
+                 for i in layers)
+
+
+def _cache_io(caches: tuple[CacheSpec, ...]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    past, present = [], []
+    for c in caches:
+        _, kvh, _, d = c.shape
+        past += [TensorSpec(c.past_key, c.dtype, c.shape), TensorSpec(c.past_value, c.dtype, c.shape)]
+        present += [TensorSpec(c.present_key, c.dtype, (1, kvh, NEW_TOKENS, d)),
+                    TensorSpec(c.present_value, c.dtype, (1, kvh, NEW_TOKENS, d))]
+    return tuple(past), tuple(present)
+
+
+def graph_specs(model: ModelSpec, adapter: AdapterSpec, export: ExportConfig, precision: str) -> dict[str, GraphSpec]:
+    f = FLOAT_DTYPES[precision]
+    s, l, n = export.max_seq_len, export.exit_layer, NEW_TOKENS
+    ids = TensorSpec("input_ids", "int64", (1, n))
+    pos = TensorSpec("position_ids", "int64", (1, n))
+    hidden = TensorSpec("hidden", f, (1, n, model.hidden_size))
+
+    shallow_c = _caches(range(l), model.num_kv_heads, model.head_dim, s, f)
+    adapter_c = _caches(range(1), adapter.num_kv_heads, adapter.head_dim, s, f)
+    deep_c = _caches(range(l, model.num_layers), model.num_kv_heads, model.head_dim, s, f)
+    (sp, sq), (ap, aq), (dp, dq) = _cache_io(shallow_c), _cache_io(adapter_c), _cache_io(deep_c)
+    return {
+        "shallow": GraphSpec("shallow", (ids, pos, *sp), (hidden, *sq), shallow_c),
+        "adapter": GraphSpec("adapter", (hidden, pos, *ap),
+                             (TensorSpec("draft_ids", "int64", (1, n)), TensorSpec("draft_confidence", "float32", (1, n)), *aq),
+                             adapter_c),
+        "deep": GraphSpec("deep", (hidden, pos, *dp),
+                          (TensorSpec("logits", "float32", (1, n, model.vocab_size)), TensorSpec("target_ids", "int64", (1, n)), *dq),
+                          deep_c),
+    }

@@ -1,0 +1,70 @@
+"""Parity of each exported graph with its PyTorch module, on random feeds, at several cache fills.
+
+Float outputs must agree within ``atol + rtol * max|reference|`` (per precision); integer outputs (argmax
+ids) must agree exactly. The max errors are returned so the manifest can record them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import KangarooError
+from .spec import GraphSpec
+
+# (atol, rtol) per precision; the fp16 bound covers fp16 rounding of O(1)-scale activations.
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
+# (n new tokens, past_len) cases: empty cache, a draft step, a verify step, a prefill chunk.
+CASES = ((4, 0), (1, 5), (7, 9), (16, 3))
+
+
+class ParityError(KangarooError):
+    """An exported graph disagrees with its PyTorch module beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    graph: str
+    precision: str
+    max_abs_error: dict[str, float]
+
+    def summary(self) -> str:
+        worst = max(self.max_abs_error.items(), key=lambda kv: kv[1])
+        return f"{self.graph}/{self.precision}: max |onnx - torch| = {worst[1]:.2e} ({worst[0]})"
+
+
+def check_parity(module: nn.Module, spec: GraphSpec, onnx_path: Path, precision: str, vocab_size: int,
+                 seed: int = 0) -> Parity:
+    from ..runner.ort_backend import ort_session
+
+    session = ort_session(onnx_path, threads=None)
+    atol, rtol = TOLERANCES[precision]
+    rng = np.random.default_rng(seed)
+    max_seq_len = spec.caches[0].shape[2]
+    errors: dict[str, float] = {name: 0.0 for name in spec.output_names}
+    for n, past_len in CASES:
+        n = min(n, max_seq_len - past_len)
+        feeds = spec.random_feeds(n, past_len, rng, vocab_size)
+        with torch.no_grad():
+            expected = module(*(torch.from_numpy(feeds[k]) for k in spec.input_names))
+        actual = session.run(spec.output_names, feeds)
+        for out, want, got in zip(spec.outputs, expected, actual):
+            want = want.float().numpy() if want.is_floating_point() else want.numpy()
+            if got.shape != want.shape:
+                raise ParityError(f"{spec.name}/{precision}: output {out.name} has shape {got.shape}, torch gives {want.shape}")
+            if np.issubdtype(want.dtype, np.integer):
+                bad = int((got != want).sum())
+                if bad:
+                    raise ParityError(f"{spec.name}/{precision}: output {out.name} differs in {bad} of {want.size} ids (n={n}, past_len={past_len})")
+                continue
+            err = float(np.abs(got.astype(np.float32) - want).max())
+            bound = atol + rtol * float(np.abs(want).max())
+            errors[out.name] = max(errors[out.name], err)
+            if not err <= bound:
+                raise ParityError(f"{spec.name}/{precision}: output {out.name} max |onnx - torch| = {err:.3e} > {bound:.3e} "
+                                  f"(n={n}, past_len={past_len})")
+    return Parity(spec.name, precision, errors)

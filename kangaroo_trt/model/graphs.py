@@ -1,0 +1,130 @@
+"""The three Kangaroo graphs as PyTorch modules, shaped exactly like their ONNX exports.
+
+::
+
+    input_ids ─► shallow: embed + layers[0:l] ─► exit hidden f (raw, no final norm)
+                                                   │
+                     ┌─────────────────────────────┴───────────────────────┐
+                     ▼                                                     ▼
+    adapter: f + Attn(RMSNorm_1(f)) ─► RMSNorm_2 ─► LM head      deep: layers[l:L] ─► norm ─► LM head
+             ─► draft_ids, draft_confidence                             ─► logits, target_ids
+
+Every graph takes ``position_ids [1, n]`` and its caches ``past_key.{i}``/``past_value.{i}`` in layer order
+(absolute layer index; the adapter's one layer is ``0``) and returns ``present_key.{i}``/``present_value.{i}``.
+See ``layers.py`` for the cache contract.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import AdapterSpec, ModelSpec
+from .layers import Attention, DecoderLayer, RMSNorm, Rotary, attention_mask
+
+
+def _run_layers(layers: nn.ModuleDict, x, position_ids, rotary: Rotary, past: tuple[torch.Tensor, ...]):
+    """Run ``layers`` in order; ``past`` holds (key, value) per layer. Returns x and the new rows per layer."""
+    max_seq_len = past[0].shape[2]
+    cos, sin = rotary(position_ids)
+    mask = attention_mask(position_ids, max_seq_len)
+    present = []
+    for j, layer in enumerate(layers.values()):
+        x, k, v = layer(x, cos, sin, mask, past[2 * j], past[2 * j + 1])
+        present += [k, v]
+    return x, present
+
+
+def _greedy_head(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmax ids and their softmax probability (1 / sum exp(logit - max)), in fp32."""
+    top = logits.max(dim=-1)
+    confidence = 1.0 / torch.exp(logits - top.values[..., None]).sum(-1)
+    return top.indices, confidence
+
+
+class ShallowGraph(nn.Module):
+    """embedding + layers[0:exit_layer] -> the raw exit hidden state (the draft and the deep graph share it)."""
+
+    def __init__(self, spec: ModelSpec, exit_layer: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.rotary = Rotary(spec.rope_inv_freq, spec.rope_scaling)
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(spec) for i in range(exit_layer)})
+
+    def forward(self, input_ids, position_ids, *past):
+        x, present = _run_layers(self.layers, self.embed_tokens(input_ids), position_ids, self.rotary, past)
+        return (x, *present)
+
+
+class AdapterLayer(nn.Module):
+    """``x + Attn(RMSNorm_1(x))``: one attention block, no MLP (key names follow the official checkpoint)."""
+
+    def __init__(self, spec: AdapterSpec) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.self_attn = Attention(
+            spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, False
+        )
+
+    def forward(self, x, cos, sin, mask, past_key, past_value):
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
+        return x + a, k, v
+
+
+class AdapterGraph(nn.Module):
+    """Second early exit: adapter layer + its own RMSNorm_2 + the target's (frozen) LM head."""
+
+    def __init__(self, model: ModelSpec, spec: AdapterSpec) -> None:
+        super().__init__()
+        self.rotary = Rotary(model.rope_inv_freq, model.rope_scaling)
+        self.layers = nn.ModuleDict({"0": AdapterLayer(spec)})
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.lm_head = nn.Linear(model.hidden_size, model.vocab_size, bias=False)
+
+    def logits(self, hidden, position_ids, *past):
+        x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, past)
+        return self.lm_head(self.norm(x)).float(), present
+
+    def forward(self, hidden, position_ids, past_key, past_value):
+        logits, present = self.logits(hidden, position_ids, past_key, past_value)
+        draft_ids, draft_confidence = _greedy_head(logits)
+        return (draft_ids, draft_confidence, *present)
+
+
+class DeepGraph(nn.Module):
+    """layers[exit_layer:L] + final norm + LM head: the exact verifier."""
+
+    def __init__(self, spec: ModelSpec, exit_layer: int) -> None:
+        super().__init__()
+        self.rotary = Rotary(spec.rope_inv_freq, spec.rope_scaling)
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(spec) for i in range(exit_layer, spec.num_layers)})
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+
+    def forward(self, hidden, position_ids, *past):
+        x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, past)
+        logits = self.lm_head(self.norm(x)).float()
+        return (logits, logits.argmax(dim=-1), *present)
+
+
+class KangarooModules(nn.Module):
+    """The three graphs together; its state-dict names are what ``weights.py`` maps checkpoints onto."""
+
+    def __init__(self, model: ModelSpec, adapter: AdapterSpec, exit_layer: int) -> None:
+        super().__init__()
+        self.model_spec, self.adapter_spec, self.exit_layer = model, adapter, exit_layer
+        self.shallow = ShallowGraph(model, exit_layer)
+        self.adapter = AdapterGraph(model, adapter)
+        self.deep = DeepGraph(model, exit_layer)
+
+    def graphs(self) -> dict[str, nn.Module]:
+        return {"shallow": self.shallow, "adapter": self.adapter, "deep": self.deep}
+
+    def to_dtype(self, dtype: torch.dtype) -> "KangarooModules":
+        """A copy in ``dtype``; rotary tables stay fp32 (the fp16 graphs keep rotary in fp32)."""
+        import copy
+
+        other = copy.deepcopy(self).to(dtype)
+        for graph in other.graphs().values():
+            graph.rotary.inv_freq = self.shallow.rotary.inv_freq.clone()
+        return other

@@ -1,0 +1,131 @@
+"""Export-shaped Llama building blocks with explicit, fixed-size KV caches.
+
+Cache layout (one pair per attention layer): ``past_key`` / ``past_value`` of shape
+``[1, kv_heads, max_seq_len, head_dim]``, preallocated by the runner. Slot ``i`` holds position ``i``;
+only slots ``< past_len`` are valid, where ``past_len`` is the position of the first new token. A graph
+never writes the cache: it returns the new rows as ``present_key`` / ``present_value``
+(``[1, kv_heads, n, head_dim]``) and the runner copies them to slots ``past_len .. past_len + n``.
+Rolling back rejected tokens is therefore just lowering a length.
+
+Attention over the cache never concatenates it with the new keys (that would copy the whole cache
+every step). Instead the scores are concatenated, which is small::
+
+    scores = [ q @ past_key^T | q @ key^T ]     [.., n, S_max + n]   (+ mask: invalid past slots, causal new)
+    probs  = softmax(scores)                    (fp32)
+    out    = probs[.., :S_max] @ past_value + probs[.., S_max:] @ value
+
+Norms, rotary and softmax run in fp32 whatever the weights' dtype, so the fp16 graphs keep them there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ModelSpec
+
+MASKED = torch.finfo(torch.float32).min
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * h).to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for the given positions, computed in fp32 from the model's inverse frequencies."""
+
+    def __init__(self, inv_freq: tuple[float, ...], scaling: float) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", torch.tensor(inv_freq, dtype=torch.float32), persistent=False)
+        self.scaling = scaling
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq  # [1, n, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [1, n, D]
+        # [1, 1, n, D]: broadcast over heads
+        return (emb.cos() * self.scaling)[:, None], (emb.sin() * self.scaling)[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    h = x.float()
+    half = h.shape[-1] // 2
+    rotated = torch.cat((-h[..., half:], h[..., :half]), dim=-1)
+    return (h * cos + rotated * sin).to(x.dtype)
+
+
+def attention_mask(position_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor:
+    """Additive fp32 mask ``[n, max_seq_len + n]``: past slots ``< past_len`` and new tokens up to the query."""
+    pos = position_ids[0]  # [n]
+    past_len = pos[:1]  # slot i holds position i, so the first new position is the valid length
+    slots = torch.arange(max_seq_len, device=pos.device)
+    past_ok = slots[None, :] < past_len[:, None]  # [1, S]
+    new_ok = pos[None, :] <= pos[:, None]  # [n, n] causal
+    ok = torch.cat((past_ok.expand(pos.shape[0], max_seq_len), new_ok), dim=-1)
+    zero = torch.zeros((), dtype=torch.float32)
+    return torch.where(ok, zero, torch.full((), MASKED))
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_bias: bool) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=out_bias)
+
+    def forward(self, x, cos, sin, mask, past_key, past_value):
+        n = x.shape[1]
+        kvh, g, d = self.kv_heads, self.heads // self.kv_heads, self.head_dim
+        q = self.q_proj(x).view(1, n, self.heads, d).transpose(1, 2)  # [1, H, n, D]
+        k = self.k_proj(x).view(1, n, kvh, d).transpose(1, 2)  # [1, kvH, n, D]
+        v = self.v_proj(x).view(1, n, kvh, d).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # GQA without repeating the cache: the g query heads of one kv head become g*n rows.
+        qg = q.reshape(1, kvh, g * n, d)  # [1, kvH, g*n, D]
+        scale = 1.0 / math.sqrt(d)
+        scores = torch.cat((qg @ past_key.transpose(-1, -2), qg @ k.transpose(-1, -2)), dim=-1)  # [1, kvH, g*n, S+n]
+        scores = scores.float().view(1, kvh, g, n, -1) * scale + mask  # mask [n, S+n] broadcasts
+        probs = torch.softmax(scores, dim=-1).view(1, kvh, g * n, -1).to(v.dtype)
+        s_max = past_key.shape[2]
+        out = probs[..., :s_max] @ past_value + probs[..., s_max:] @ v  # [1, kvH, g*n, D]
+        out = out.view(1, self.heads, n, d).transpose(1, 2).reshape(1, n, self.heads * d)
+        return self.o_proj(out), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inner: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.self_attn = Attention(
+            spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, spec.output_bias
+        )
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.mlp = MLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias)
+
+    def forward(self, x, cos, sin, mask, past_key, past_value):
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k, v

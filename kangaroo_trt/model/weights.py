@@ -1,0 +1,211 @@
+"""Checkpoints in and out, through explicit name tables that account for every key and shape.
+
+Target weights come from a local Hugging Face directory (``*.safetensors`` or ``pytorch_model*.bin``,
+sharded or not). Adapters come in two formats:
+
+* official Kangaroo: ``config.json`` (a LlamaConfig with one layer) + ``pytorch_model.bin`` with keys
+  ``norm.weight``, ``layers.0.input_layernorm.weight``, ``layers.0.self_attn.{q,k,v,o}_proj.weight``;
+* this project's: ``adapter_config.json`` + ``adapter.safetensors`` with the same key names.
+
+Nothing is loaded with ``strict=False``: a missing key, a leftover key or a wrong shape is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import AdapterSpec, ModelSpec
+from ..errors import ConfigError, WeightsError
+from .graphs import KangarooModules
+
+ADAPTER_FORMAT = "kangaroo-trt-adapter"
+ADAPTER_FORMAT_VERSION = 1
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+
+# Keys some checkpoints carry that hold no weights (recomputed rotary tables).
+_IGNORABLE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+
+
+def _layer_keys(spec: ModelSpec) -> list[str]:
+    keys = ["input_layernorm.weight", "post_attention_layernorm.weight"]
+    keys += [f"self_attn.{p}_proj.weight" for p in "qkvo"]
+    keys += [f"self_attn.{p}_proj.bias" for p in "qkv" if spec.attention_bias]
+    keys += ["self_attn.o_proj.bias"] if spec.output_bias else []
+    keys += [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+    keys += [f"mlp.{p}_proj.bias" for p in ("gate", "up", "down") if spec.mlp_bias]
+    return keys
+
+
+def target_name_table(spec: ModelSpec, exit_layer: int) -> dict[str, list[str]]:
+    """HF checkpoint key -> the ``KangarooModules`` keys it fills (the LM head fills two graphs)."""
+    table: dict[str, list[str]] = {"model.embed_tokens.weight": ["shallow.embed_tokens.weight"]}
+    for i in range(spec.num_layers):
+        graph = "shallow" if i < exit_layer else "deep"
+        for key in _layer_keys(spec):
+            table[f"model.layers.{i}.{key}"] = [f"{graph}.layers.{i}.{key}"]
+    table["model.norm.weight"] = ["deep.norm.weight"]
+    head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
+    table.setdefault(head, []).extend(["deep.lm_head.weight", "adapter.lm_head.weight"])
+    return table
+
+
+def adapter_name_table(spec: AdapterSpec) -> dict[str, list[str]]:
+    table = {"norm.weight": ["adapter.norm.weight"], "layers.0.input_layernorm.weight": ["adapter.layers.0.input_layernorm.weight"]}
+    for p in "qkvo":
+        table[f"layers.0.self_attn.{p}_proj.weight"] = [f"adapter.layers.0.self_attn.{p}_proj.weight"]
+    for p in "qkv" if spec.attention_bias else "":
+        table[f"layers.0.self_attn.{p}_proj.bias"] = [f"adapter.layers.0.self_attn.{p}_proj.bias"]
+    return table
+
+
+def _apply(table: dict[str, list[str]], tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+           what: str, allowed_extra: set[str] = frozenset()) -> dict[str, torch.Tensor]:
+    missing = sorted(k for k in table if k not in tensors)
+    leftover = sorted(k for k in tensors if k not in table and k not in allowed_extra and not _IGNORABLE.search(k))
+    if missing or leftover:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if leftover:
+            parts.append(f"{len(leftover)} unexpected keys (e.g. {leftover[:3]})")
+        raise WeightsError(f"{what}: {'; '.join(parts)}: is it a checkpoint of a supported model with this config?")
+    out = {}
+    for src, dsts in table.items():
+        for dst in dsts:
+            want = tuple(expected[dst].shape)
+            if tuple(tensors[src].shape) != want:
+                raise WeightsError(f"{what}: {src} has shape {tuple(tensors[src].shape)}, expected {want}")
+            out[dst] = tensors[src]
+    return out
+
+
+def read_checkpoint(directory: Path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors or PyTorch checkpoint directory."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        loader = load_file
+    else:
+        files = sorted(directory.glob("pytorch_model*.bin"))
+        loader = lambda f: torch.load(f, map_location="cpu", weights_only=True)  # noqa: E731
+    if not files:
+        raise WeightsError(f"{what}: no *.safetensors or pytorch_model*.bin in {directory}")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            tensors.update(loader(f))
+        except Exception as err:  # corrupt file: say which
+            raise WeightsError(f"{what}: cannot read {f.name} ({type(err).__name__}: {err}): re-download or re-save it") from err
+    return tensors
+
+
+def load_hf_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir} has no config.json: pass a Hugging Face model directory or a bundled model name")
+    try:
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (ValueError, KeyError, OSError) as err:
+        raise ConfigError(f"cannot read {model_dir / 'config.json'}: {err}") from err
+
+
+@dataclass
+class AdapterCheckpoint:
+    """An adapter's geometry, weights (official key names) and the settings it was trained with."""
+
+    spec: AdapterSpec
+    tensors: dict[str, torch.Tensor]
+    exit_layer: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_adapter(path: Path) -> AdapterCheckpoint:
+    """Read an adapter directory in this project's format or the official Kangaroo format."""
+    path = Path(path)
+    if (path / ADAPTER_CONFIG).is_file():
+        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
+        if cfg.get("format") != ADAPTER_FORMAT or cfg.get("version") != ADAPTER_FORMAT_VERSION:
+            raise ConfigError(
+                f"{path / ADAPTER_CONFIG} is format {cfg.get('format')!r} v{cfg.get('version')}, expected "
+                f"{ADAPTER_FORMAT!r} v{ADAPTER_FORMAT_VERSION}: retrain or convert the adapter"
+            )
+        from safetensors.torch import load_file
+
+        tensors = load_file(path / ADAPTER_WEIGHTS)
+        return AdapterCheckpoint(AdapterSpec.from_dict(cfg["adapter"]), tensors, cfg.get("exit_layer"), cfg.get("meta", {}))
+    if (path / "config.json").is_file() and (path / "pytorch_model.bin").is_file():
+        hf = load_hf_config(path)
+        if hf.num_hidden_layers != 1:
+            raise ConfigError(f"{path} config has {hf.num_hidden_layers} layers: an official Kangaroo adapter has 1")
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        spec = AdapterSpec(hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads,
+                           head_dim, float(hf.rms_norm_eps), bool(getattr(hf, "attention_bias", False)))
+        tensors = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return AdapterCheckpoint(spec, tensors, None, {"source": "official"})
+    raise ConfigError(
+        f"{path} is not an adapter directory: expected {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS} "
+        "(kangaroo-trt) or config.json + pytorch_model.bin (official Kangaroo)"
+    )
+
+
+def save_adapter(modules: KangarooModules, path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Write the adapter of ``modules`` in this project's format (official key names, safetensors)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    own = modules.state_dict()
+    tensors = {src: own[dst].detach().contiguous().clone() for src, (dst,) in adapter_name_table(modules.adapter_spec).items()}
+    save_file(tensors, path / ADAPTER_WEIGHTS)
+    cfg = {"format": ADAPTER_FORMAT, "version": ADAPTER_FORMAT_VERSION, "adapter": modules.adapter_spec.to_dict(),
+           "exit_layer": modules.exit_layer, "meta": meta or {}}
+    (path / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def random_adapter(spec: AdapterSpec, seed: int = 0, std: float = 0.02) -> AdapterCheckpoint:
+    """A randomly initialised adapter: correct graphs, useless drafts (it will not speed anything up)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {
+        "norm.weight": (spec.hidden_size,),
+        "layers.0.input_layernorm.weight": (spec.hidden_size,),
+        "layers.0.self_attn.q_proj.weight": (spec.num_heads * spec.head_dim, spec.hidden_size),
+        "layers.0.self_attn.k_proj.weight": (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
+        "layers.0.self_attn.v_proj.weight": (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
+        "layers.0.self_attn.o_proj.weight": (spec.hidden_size, spec.num_heads * spec.head_dim),
+    }
+    tensors = {k: torch.ones(s) if k.endswith("layernorm.weight") or k == "norm.weight" else torch.randn(s, generator=gen) * std
+               for k, s in shapes.items()}
+    return AdapterCheckpoint(spec, tensors, None, {"source": "random", "seed": seed})
+
+
+def build_modules(model_dir: Path, adapter: AdapterCheckpoint | None, exit_layer: int,
+                  dtype: torch.dtype = torch.float32) -> KangarooModules:
+    """Target weights from ``model_dir`` + ``adapter`` (random if None) -> the three graphs, every key checked."""
+    config = load_hf_config(model_dir)
+    spec = ModelSpec.from_hf_config(config)
+    if adapter is None:
+        adapter = random_adapter(AdapterSpec.like(spec))
+    adapter.spec.check_fits(spec)
+    if not 1 <= exit_layer < spec.num_layers:
+        raise ConfigError(f"exit layer {exit_layer} must lie in [1, {spec.num_layers - 1}] for a {spec.num_layers}-layer model")
+    with torch.device("meta"):
+        modules = KangarooModules(spec, adapter.spec, exit_layer)
+    expected = modules.state_dict()
+    tensors = read_checkpoint(model_dir, f"target model {model_dir}")
+    allowed = {"lm_head.weight"} if spec.tie_word_embeddings else set()
+    state = _apply(target_name_table(spec, exit_layer), tensors, expected, f"target model {model_dir}", allowed)
+    state.update(_apply(adapter_name_table(adapter.spec), adapter.tensors, expected, "adapter"))
+    modules.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    # Non-persistent buffers (rotary tables) were created on the meta device: rebuild them for real.
+    for graph in modules.graphs().values():
+        graph.rotary.inv_freq = torch.tensor(spec.rope_inv_freq, dtype=torch.float32)
+    return modules.eval().requires_grad_(False)
