@@ -207,10 +207,7 @@ class ExportConfig:
             raise ConfigError(f"default gamma {self.decode.gamma} needs max_verify >= {self.decode.gamma + 1}")
 
     def check_fits(self, model: ModelSpec) -> None:
-        if not 1 <= self.exit_layer < model.num_layers:
-            raise ConfigError(
-                f"exit layer {self.exit_layer} must lie in [1, {model.num_layers - 1}] for a {model.num_layers}-layer model"
-            )
+        check_exit_layer(model, self.exit_layer)
         if self.max_seq_len > model.max_position_embeddings:
             raise ConfigError(
                 f"max_seq_len {self.max_seq_len} exceeds the model's max_position_embeddings "
@@ -221,3 +218,11 @@ class ExportConfig:
                 f"max_seq_len {self.max_seq_len} exceeds the sliding window {model.sliding_window}, which the "
                 f"exported full-attention graphs do not reproduce: pass --max-seq-len {model.sliding_window} or less"
             )
+
+
+def check_exit_layer(model: ModelSpec, exit_layer: int) -> None:
+    """The draft needs at least one shallow layer and the verifier at least one deep layer."""
+    if not 1 <= exit_layer < model.num_layers:
+        raise ConfigError(
+            f"exit layer {exit_layer} must lie in [1, {model.num_layers - 1}] for a {model.num_layers}-layer model"
+        )

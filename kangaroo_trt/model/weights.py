@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import AdapterSpec, ModelSpec
+from ..config import AdapterSpec, ModelSpec, check_exit_layer
 from ..errors import ConfigError, WeightsError
 from .graphs import KangarooModules
 
@@ -195,8 +195,7 @@ def build_modules(model_dir: Path, adapter: AdapterCheckpoint | None, exit_layer
     if adapter is None:
         adapter = random_adapter(AdapterSpec.like(spec))
     adapter.spec.check_fits(spec)
-    if not 1 <= exit_layer < spec.num_layers:
-        raise ConfigError(f"exit layer {exit_layer} must lie in [1, {spec.num_layers - 1}] for a {spec.num_layers}-layer model")
+    check_exit_layer(spec, exit_layer)
     with torch.device("meta"):
         modules = KangarooModules(spec, adapter.spec, exit_layer)
     expected = modules.state_dict()

@@ -1,0 +1,131 @@
+"""The engine directory's self-description: ``manifest.json`` beside the graphs and the tokenizer.
+
+Layout::
+
+    DIR/manifest.json                       schema version, specs, graph contracts, checksums
+    DIR/tokenizer/                          tokenizer files (+ chat template)
+    DIR/onnx/<precision>/<graph>.onnx       graph; weights in <graph>.onnx.data beside it
+
+Loaders read the manifest, never file names, and refuse a schema they do not know or a file whose
+sha256 differs from the one recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import AdapterSpec, DecodeConfig, ModelSpec
+from ..errors import EngineDirError
+from .spec import GraphSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPHS = ("shallow", "adapter", "deep")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str  # relative to the engine directory
+    spec: GraphSpec
+    parity: dict[str, float]  # max |onnx - torch| per float output, measured at export
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelSpec
+    adapter: AdapterSpec
+    exit_layer: int
+    max_seq_len: int
+    prefill_chunk: int
+    max_verify: int
+    decode: DecodeConfig
+    eos_token_ids: tuple[int, ...]
+    has_chat_template: bool
+    graphs: dict[str, dict[str, GraphEntry]]  # precision -> graph name -> entry
+    files: dict[str, str]  # relative path -> sha256
+    info: dict[str, Any]  # provenance: source model, adapter meta, library versions (not used by loaders)
+
+    @property
+    def precisions(self) -> list[str]:
+        return list(self.graphs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model.to_dict(),
+            "adapter": self.adapter.to_dict(),
+            "exit_layer": self.exit_layer,
+            "max_seq_len": self.max_seq_len,
+            "prefill_chunk": self.prefill_chunk,
+            "max_verify": self.max_verify,
+            "decode_defaults": {"gamma": self.decode.gamma, "tau": self.decode.tau},
+            "eos_token_ids": list(self.eos_token_ids),
+            "tokenizer": {"dir": "tokenizer", "chat_template": self.has_chat_template},
+            "graphs": {p: {g: {"file": e.file, "spec": e.spec.to_dict(), "parity_max_abs_error": e.parity}
+                           for g, e in gs.items()} for p, gs in self.graphs.items()},
+            "files": self.files,
+            "info": self.info,
+        }
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> "Manifest":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise EngineDirError(f"engine directory {directory} does not exist: build one with kangaroo-export build --out {directory}")
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise EngineDirError(f"{directory} has no {MANIFEST}: it is not an engine directory (build one with kangaroo-export build)")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise EngineDirError(f"{path} is not valid JSON ({err}): rebuild the engine directory") from err
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if version != SCHEMA_VERSION:
+            raise EngineDirError(
+                f"{path} has schema version {version!r}, this kangaroo-trt reads version {SCHEMA_VERSION}: "
+                "rebuild the engine directory with this version's kangaroo-export build"
+            )
+        try:
+            return cls(
+                model=ModelSpec.from_dict(d["model"]),
+                adapter=AdapterSpec.from_dict(d["adapter"]),
+                exit_layer=d["exit_layer"],
+                max_seq_len=d["max_seq_len"],
+                prefill_chunk=d["prefill_chunk"],
+                max_verify=d["max_verify"],
+                decode=DecodeConfig(**d["decode_defaults"]),
+                eos_token_ids=tuple(d["eos_token_ids"]),
+                has_chat_template=d["tokenizer"]["chat_template"],
+                graphs={p: {g: GraphEntry(e["file"], GraphSpec.from_dict(e["spec"]), e["parity_max_abs_error"])
+                            for g, e in gs.items()} for p, gs in d["graphs"].items()},
+                files=d["files"],
+                info=d.get("info", {}),
+            )
+        except (KeyError, TypeError) as err:
+            raise EngineDirError(f"{path} is missing or has a malformed field ({err}): rebuild the engine directory") from err
+
+    def verify_files(self, directory: Path, prefixes: tuple[str, ...] = ("",)) -> None:
+        """Check the sha256 of every recorded file under the given relative prefixes."""
+        for rel, digest in self.files.items():
+            if not rel.startswith(prefixes):
+                continue
+            path = directory / rel
+            if not path.is_file():
+                raise EngineDirError(f"{directory}: {rel} is missing: the engine directory is incomplete, rebuild it")
+            if sha256(path) != digest:
+                raise EngineDirError(f"{directory}: {rel} does not match its recorded sha256: the file is corrupt or was changed, rebuild it")

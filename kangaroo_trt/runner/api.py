@@ -1,0 +1,154 @@
+"""The Python API a service embeds: open an engine directory once, then serve requests one at a time.
+
+    engine = KangarooEngine.open("engines/smollm2")
+    result = engine.generate("Why is the sky blue?", chat=True, max_new_tokens=64)
+    for piece in (stream := engine.stream("Tell me a story", chat=True)):
+        print(piece, end="", flush=True)
+    stream.result.stats.mean_accepted
+
+Requests are served one at a time: the engine owns one set of KV caches. Use one engine per worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any, Iterator
+
+from ..config import DecodeConfig
+from ..errors import ConfigError, InputError
+from ..export.manifest import GRAPHS, Manifest
+from .backends import open_backend
+from .decode import Decoder, MODES
+from .stats import AcceptanceLog, GenerationStats
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    output_ids: list[int]
+    text: str
+    stop_reason: str  # "eos" | "max_new_tokens" | "cache_full"
+    stats: GenerationStats
+    margins: list[float] | None = None  # target top-1 minus top-2 logit per output token, if recorded
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"prompt_ids": self.prompt_ids, "output_ids": self.output_ids, "text": self.text,
+             "stop_reason": self.stop_reason, "stats": self.stats.to_dict()}
+        if self.margins is not None:
+            d["margins"] = self.margins
+        return d
+
+
+class Stream:
+    """Iterates over text pieces as tokens are committed; ``result`` is set once it is exhausted."""
+
+    def __init__(self, pieces: Iterator[str]) -> None:
+        self._pieces = pieces
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.result = yield from self._pieces
+
+
+class KangarooEngine:
+    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer) -> None:
+        self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
+        self.tokenizer = tokenizer
+        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, directory: str | Path, backend: str = "auto", precision: str | None = None,
+             verify: bool = True, threads: int | None = None) -> "KangarooEngine":
+        """Load an engine directory; ``verify`` checks the sha256 of the files it loads."""
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        manifest = Manifest.read(directory)
+        precision = precision or manifest.precisions[0]
+        if precision not in manifest.graphs:
+            raise ConfigError(f"{directory} has no {precision} graphs (it has {', '.join(manifest.precisions)}): "
+                              f"rebuild with --precision {precision}")
+        if verify:
+            manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
+        graphs = {g: (directory / manifest.graphs[precision][g].file, manifest.graphs[precision][g].spec) for g in GRAPHS}
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        return cls(directory, manifest, open_backend(backend, graphs, threads), precision, tokenizer)
+
+    def encode(self, prompt: str, chat: bool) -> list[int]:
+        if not chat:
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if not self.manifest.has_chat_template:
+            raise InputError("this model's tokenizer has no chat template: run without --chat")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+    def decode_config(self, gamma: int | None = None, tau: float | None = None, max_new_tokens: int = 128) -> DecodeConfig:
+        d = self.manifest.decode
+        config = DecodeConfig(gamma if gamma is not None else d.gamma, tau if tau is not None else d.tau, max_new_tokens)
+        if config.gamma + 1 > self.manifest.max_verify:
+            raise ConfigError(f"gamma {config.gamma} exceeds what the engines were built for "
+                              f"(max {self.manifest.max_verify - 1}): lower --gamma or rebuild with a larger max_verify")
+        return config
+
+    def generate(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
+                 mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
+                 max_new_tokens: int = 128, record_margins: bool = False) -> GenerationResult:
+        """Generate greedily; ``prompt`` is text (or chat messages with ``chat=True``), or pass ``prompt_ids``."""
+        stream = self.stream(prompt, prompt_ids=prompt_ids, chat=chat, mode=mode, gamma=gamma, tau=tau,
+                             max_new_tokens=max_new_tokens, record_margins=record_margins, text=False)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def stream(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
+               mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
+               max_new_tokens: int = 128, record_margins: bool = False, text: bool = True) -> Stream:
+        """Like ``generate`` but yields text pieces as they are committed; ``.result`` holds the result."""
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        config = self.decode_config(gamma, tau, max_new_tokens)
+        if prompt_ids is None:
+            if prompt is None:
+                raise InputError("give a prompt or prompt_ids")
+            prompt_ids = self.encode(prompt, chat)
+        return Stream(self._run(list(prompt_ids), mode, config, record_margins, text))
+
+    def _run(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool, text: bool):
+        if not self._lock.acquire(blocking=False):
+            raise InputError("this engine is already serving a request: requests are served one at a time")
+        try:
+            decoder = self.decoder
+            decoder.record_margins = record_margins
+            decoder.timings = dict.fromkeys(decoder.timings, 0.0)
+            log, output, margins, shown, stop = AcceptanceLog(), [], [], "", None
+            start = perf_counter()
+            for step, stop in decoder.generate(prompt_ids, mode, config):
+                if not step.tokens:
+                    break
+                output += step.tokens
+                margins += step.margins
+                log.add(len(step.drafts), step.accepted, len(step.tokens))
+                if text:
+                    piece, shown = self._new_text(output, shown)
+                    if piece:
+                        yield piece
+            total = perf_counter() - start
+            gamma = config.gamma if mode == "kangaroo" else 0
+            stats = GenerationStats(mode, self.backend.name, self.precision, gamma, config.tau, len(output),
+                                    len(prompt_ids), total, decoder.timings["prefill"], decoder.timings["draft"],
+                                    decoder.timings["verify"], log)
+            return GenerationResult(prompt_ids, output, self.tokenizer.decode(output, skip_special_tokens=True), stop,
+                                    stats, margins if record_margins else None)
+        finally:
+            self._lock.release()
+
+    def _new_text(self, output: list[int], shown: str) -> tuple[str, str]:
+        """The text not yet shown; holds back an incomplete UTF-8 sequence until its bytes arrive."""
+        full = self.tokenizer.decode(output, skip_special_tokens=True)
+        if full.endswith("\ufffd") or not full.startswith(shown):
+            return "", shown
+        return full[len(shown):], full
