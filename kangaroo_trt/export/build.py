@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..bundled import resolve_model
+from ..bundled import default_adapter, resolve_model
 from ..config import AdapterSpec, ExportConfig, ModelSpec
 from ..errors import ConfigError, KangarooError
 from ..model.weights import AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter
@@ -37,11 +37,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def choose_adapter(adapter_path: Path | None, allow_random: bool, model_dir: Path) -> AdapterCheckpoint:
+def choose_adapter(adapter_path: Path | None, allow_random: bool, model: str) -> AdapterCheckpoint:
+    """The adapter asked for; else a random one if explicitly allowed; else the bundled model's shipped one."""
     if adapter_path is not None:
         return load_adapter(adapter_path)
     if allow_random:
-        return random_adapter(AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(model_dir))))
+        return random_adapter(AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(resolve_model(model)))))
+    shipped = default_adapter(model)
+    if shipped is not None:
+        return load_adapter(shipped)
     raise ConfigError(
         "no adapter given: pass --adapter DIR (a trained Kangaroo adapter), or --random-adapter for a randomly "
         "initialised one (correct output, but it will not speed anything up)"
@@ -63,7 +67,7 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
     _prepare_out(out, force)
     model_dir = resolve_model(model)
     if adapter is None:
-        adapter = choose_adapter(adapter_path, allow_random_adapter, model_dir)
+        adapter = choose_adapter(adapter_path, allow_random_adapter, model)
     if adapter.meta.get("source") == "random":
         log("warning: random adapter: output is exact, but drafts are noise and nothing will speed up")
     config = load_hf_config(model_dir)

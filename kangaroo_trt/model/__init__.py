@@ -1,0 +1,1 @@
+"""Export-shaped Llama modules (shallow / adapter / deep) and checkpoint loading."""

@@ -1,0 +1,50 @@
+"""``kangaroo-export``: build engine directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import PRECISIONS, DecodeConfig, ExportConfig
+from .common import quiet_libraries, user_errors
+
+
+@click.group()
+def main() -> None:
+    """Export a Hugging Face Llama-family model with a Kangaroo adapter to ONNX (and TensorRT) engines."""
+    quiet_libraries()
+
+
+@main.command()
+@click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Engine directory to write.")
+@click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory (kangaroo-trt or official format) [bundled models: the shipped one].")
+@click.option("--random-adapter", is_flag=True, help="Use a random adapter: exact output, no speed-up.")
+@click.option("--exit-layer", type=int, help="Shallow layers before the early exit [default: the adapter's, else 2].")
+@click.option("--max-seq-len", type=int, default=1024, show_default=True, help="KV-cache positions (prompt + output).")
+@click.option("--precision", default="fp32", show_default=True, help=f"Comma-separated: {', '.join(PRECISIONS)}.")
+@click.option("--gamma", type=int, default=None, help="Default max drafts per round recorded in the manifest [6].")
+@click.option("--tau", type=float, default=None, help="Default early-exit confidence threshold [0.6].")
+@click.option("--force", is_flag=True, help="Replace an existing engine directory.")
+@user_errors
+def build(model, out, adapter, random_adapter, exit_layer, max_seq_len, precision, gamma, tau, force) -> None:
+    """Export shallow / adapter / deep graphs, check them against PyTorch, and write OUT atomically."""
+    from ..export.build import build_engine_dir, choose_adapter
+
+    checkpoint = choose_adapter(adapter, random_adapter, model)
+    defaults = checkpoint.meta.get("decode", {})
+    decode = DecodeConfig(gamma if gamma is not None else defaults.get("gamma", 6),
+                          tau if tau is not None else defaults.get("tau", 0.6))
+    export = ExportConfig(
+        exit_layer=exit_layer if exit_layer is not None else (checkpoint.exit_layer or 2),
+        max_seq_len=max_seq_len,
+        precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
+        max_verify=max(8, decode.gamma + 1),
+        decode=decode,
+    )
+    build_engine_dir(model, out, export, adapter=checkpoint, force=force, log=click.echo)
+
+
+if __name__ == "__main__":
+    main()

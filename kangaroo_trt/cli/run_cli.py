@@ -1,0 +1,50 @@
+"""``kangaroo-run``: generate from an engine directory, streaming text or printing one JSON object."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import quiet_libraries, user_errors
+
+
+@click.command()
+@click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--mode", type=click.Choice(["kangaroo", "ar"]), default="kangaroo", show_default=True,
+              help="ar: plain greedy decoding on the same graphs (the baseline).")
+@click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
+@click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
+@click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
+@click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
+@user_errors
+def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, backend, precision, as_json) -> None:
+    """Generate greedily with Kangaroo self-speculative decoding (or plain AR with --mode ar)."""
+    quiet_libraries()
+    from ..runner.api import KangarooEngine
+
+    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision)
+    stream = engine.stream(prompt, chat=chat, mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens,
+                           text=not as_json)
+    for piece in stream:
+        click.echo(piece, nl=False)
+    result = stream.result
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    s = result.stats
+    click.echo("")
+    click.echo(
+        f"[{s.mode} | {s.backend} {s.precision}] {s.new_tokens} tokens in {s.total_s:.2f} s = {s.tokens_per_s:.1f} tok/s, "
+        f"{s.acceptance.mean_accepted:.2f} tokens per deep pass over {s.acceptance.rounds} rounds, stop: {result.stop_reason}",
+        err=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

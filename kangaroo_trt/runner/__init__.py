@@ -1,0 +1,1 @@
+"""Backend interface, runtime backends, the Kangaroo decoding loop, stats and the Python API."""

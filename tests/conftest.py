@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny random Llama-family models built from configs, and the real default model.
+
+Tiny models get a small byte-level BPE tokenizer trained here on a few sentences, so nothing is
+downloaded. The real SmolLM2-135M engine is built once per session (random adapter; ``slow`` tests).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TINY_TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "kangaroo decoding drafts with shallow layers and verifies with deep layers",
+    "hello world, this is a tiny tokenizer for tests 0123456789",
+    "def add(a, b):\n    return a + b\n",
+]
+
+# name -> (transformers config class name, overrides). MHA / GQA, tied / untied head, Qwen2-style bias.
+TINY_CONFIGS = {
+    "llama-mha-untied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)),
+    "llama-gqa-tied": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "qwen2-bias-gqa": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False)),
+    "mistral-gqa": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                          sliding_window=None)),
+}
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TINY_TEXT, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+def make_tiny_model(directory: Path, name: str, num_layers: int = 4, seed: int = 0) -> Path:
+    """Save a tiny random HF model + tokenizer. Larger-than-default init gives peaked, non-degenerate logits."""
+    import transformers
+
+    cls_name, overrides = TINY_CONFIGS[name]
+    tokenizer = tiny_tokenizer()
+    config = getattr(transformers, cls_name)(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+        max_position_embeddings=512, initializer_range=0.15, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **overrides,
+    )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Factory: tiny_model(name) -> directory of a saved tiny random model (cached per session)."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = make_tiny_model(tmp_path_factory.mktemp(name), name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from kangaroo_trt.bundled import resolve_model
+
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(tmp_path_factory, smollm2_dir) -> Path:
+    """The real default model exported once with a random adapter (exactness does not depend on the adapter)."""
+    from kangaroo_trt.config import ExportConfig
+    from kangaroo_trt.export.build import build_engine_dir
+
+    out = tmp_path_factory.mktemp("engines") / "smollm2"
+    build_engine_dir("smollm2-135m", out, ExportConfig(max_seq_len=384), allow_random_adapter=True, log=lambda _: None)
+    return out
