@@ -1,0 +1,166 @@
+"""Greedy Kangaroo == greedy AR on the same graphs == transformers' generate, on tiny random models.
+
+Includes the cases that exercise the cache bookkeeping: every draft accepted (the adapter's one-token lag),
+EOS and max-new-tokens falling inside an accepted run, and a prompt that fills the cache.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CONFIGS, make_tiny_model
+from lossless import NearTies
+from kangaroo_trt.config import ExportConfig
+from kangaroo_trt.errors import ConfigError, InputError
+from kangaroo_trt.export.build import build_engine_dir
+from kangaroo_trt.model.weights import AdapterCheckpoint, load_hf_config, random_adapter
+from kangaroo_trt.config import AdapterSpec, ModelSpec
+from kangaroo_trt.runner.api import KangarooEngine
+
+GRID = list(itertools.product((1, 4, 6), (0.0, 0.6, 1.0)))
+MAX_SEQ_LEN = 128
+
+
+def _prompts(vocab_size: int, count: int = 3) -> list[list[int]]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(2, vocab_size, size=length).tolist() for length in (1, 6, 23)[:count]]
+
+
+def _engine(directory, out, adapter=None) -> KangarooEngine:
+    build_engine_dir(str(directory), out, ExportConfig(max_seq_len=MAX_SEQ_LEN, prefill_chunk=8), adapter=adapter,
+                     allow_random_adapter=adapter is None, log=lambda _: None)
+    return KangarooEngine.open(out)
+
+
+def _hf_greedy(directory, prompt: list[int], max_new_tokens: int, eos: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+def test_kangaroo_equals_ar_equals_transformers(tiny_model, tmp_path, name):
+    directory = tiny_model(name)
+    engine = _engine(directory, tmp_path / "engine")
+    ties = NearTies()
+    for prompt in _prompts(engine.manifest.model.vocab_size):
+        ar = engine.generate(prompt_ids=prompt, mode="ar", max_new_tokens=24, record_margins=True)
+        hf = _hf_greedy(directory, prompt, 24, engine.manifest.eos_token_ids[0])
+        ties.check(ar, type("R", (), {"output_ids": hf})(), f"{name} AR vs transformers, prompt len {len(prompt)}")
+        for gamma, tau in GRID:
+            kg = engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=24)
+            ties.check(ar, kg, f"{name} gamma={gamma} tau={tau} prompt len {len(prompt)}")
+            assert kg.stop_reason == ar.stop_reason
+            assert kg.stats.acceptance.rounds <= len(kg.output_ids)
+    print(f"{name}: {len(ties.cases)} near-tie divergences", *ties.cases, sep="\n  ")
+
+
+@pytest.fixture(scope="module")
+def oracle_engine(tmp_path_factory):
+    """A model whose deep layers add nothing and whose adapter reproduces the final norm: every draft is right.
+
+    The deep layers' o_proj and down_proj are zero (their residual branches vanish) and the adapter's o_proj is
+    zero with RMSNorm_2 = the final norm, so draft logits == target logits and all gamma drafts are accepted.
+    """
+    from safetensors.torch import load_file, save_file
+
+    directory = make_tiny_model(tmp_path_factory.mktemp("oracle"), "llama-gqa-tied", seed=3)
+    weights = load_file(directory / "model.safetensors")
+    for key in weights:
+        layer = int(key.split(".")[2]) if key.startswith("model.layers.") else -1
+        if layer >= 2 and key.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[key] = torch.zeros_like(weights[key])
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)))
+    adapter = random_adapter(spec, seed=1)
+    adapter.tensors["layers.0.self_attn.o_proj.weight"].zero_()
+    adapter.tensors["norm.weight"] = weights["model.norm.weight"].clone()
+    return _engine(directory, tmp_path_factory.mktemp("oracle-engine") / "e",
+                   AdapterCheckpoint(spec, adapter.tensors, 2, {"source": "oracle"}))
+
+
+@pytest.mark.parametrize("gamma", (1, 4, 6))
+def test_every_draft_accepted_exercises_adapter_lag(oracle_engine, gamma):
+    ties = NearTies()
+    for prompt in _prompts(oracle_engine.manifest.model.vocab_size):
+        ar = oracle_engine.generate(prompt_ids=prompt, mode="ar", max_new_tokens=40, record_margins=True)
+        kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=gamma, tau=0.0, max_new_tokens=40)
+        ties.check(ar, kg, f"oracle gamma={gamma}")
+        full_rounds = kg.stats.acceptance.accepted[:-1]  # the last round may be cut by the token budget
+        assert full_rounds and all(a == gamma for a in full_rounds), f"not every draft accepted: {kg.stats.acceptance.accepted}"
+        assert kg.stats.acceptance.mean_accepted > gamma * 0.8
+        assert kg.stats.to_dict()["ctar"][0] == 1.0
+
+
+def test_eos_and_budget_inside_an_accepted_run(oracle_engine):
+    prompt = _prompts(oracle_engine.manifest.model.vocab_size)[1]
+    ar = oracle_engine.generate(prompt_ids=prompt, mode="ar", max_new_tokens=30)
+    # A budget that ends mid-round: gamma 6 commits 7 tokens per round.
+    for budget in (1, 3, 9, 10):
+        kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=6, tau=0.0, max_new_tokens=budget)
+        assert kg.output_ids == ar.output_ids[:budget] and kg.stop_reason == "max_new_tokens"
+    # Make a token in the middle of a full round an EOS id: generation must stop right after it.
+    eos_at = 4
+    eos = ar.output_ids[eos_at]
+    first = ar.output_ids.index(eos)
+    decoder = oracle_engine.decoder
+    saved = decoder.eos_ids
+    decoder.eos_ids = frozenset({eos})
+    try:
+        kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=6, tau=0.0, max_new_tokens=30)
+        ar2 = oracle_engine.generate(prompt_ids=prompt, mode="ar", max_new_tokens=30)
+    finally:
+        decoder.eos_ids = saved
+    assert kg.stop_reason == ar2.stop_reason == "eos"
+    assert kg.output_ids == ar2.output_ids == ar.output_ids[:first + 1]
+    assert kg.stats.acceptance.rounds == 1, "the EOS fell inside the first accepted run"
+
+
+def test_cache_limits(tiny_model, tmp_path):
+    engine = _engine(tiny_model("llama-mha-untied"), tmp_path / "engine")
+    with pytest.raises(InputError, match=f"holds {MAX_SEQ_LEN} positions"):
+        engine.generate(prompt_ids=[5] * MAX_SEQ_LEN, max_new_tokens=4)
+    prompt = [5, 6, 7] * 40  # 120 tokens: only 8 more positions fit
+    ar = engine.generate(prompt_ids=prompt, mode="ar", max_new_tokens=50, record_margins=True)
+    kg = engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=6, tau=0.0, max_new_tokens=50)
+    NearTies().check(ar, kg, "cache-filling prompt")
+    assert ar.stop_reason == kg.stop_reason
+    assert len(prompt) + len(kg.output_ids) <= MAX_SEQ_LEN + 1 or kg.stop_reason == "eos"
+
+
+def test_decode_settings_are_validated(tiny_model, tmp_path):
+    engine = _engine(tiny_model("llama-mha-untied"), tmp_path / "engine")
+    with pytest.raises(ConfigError, match="gamma must be an integer >= 1"):
+        engine.generate(prompt_ids=[3, 4], gamma=0)
+    with pytest.raises(ConfigError, match=r"tau must lie in \[0, 1\]"):
+        engine.generate(prompt_ids=[3, 4], tau=1.5)
+    with pytest.raises(ConfigError, match="gamma 9 exceeds"):
+        engine.generate(prompt_ids=[3, 4], gamma=9)
+    with pytest.raises(InputError, match="mode must be one of"):
+        engine.generate(prompt_ids=[3, 4], mode="beam")
+    with pytest.raises(InputError, match="prompt is empty"):
+        engine.generate(prompt_ids=[])
+
+
+def test_adapter_cache_after_lagging_rounds_matches_a_fresh_pass(oracle_engine):
+    """After rounds in which every draft was accepted, each valid adapter cache row must hold exactly the key and
+    value that one adapter pass over the whole committed sequence gives (catches a dropped or misplaced backlog)."""
+    prompt = _prompts(oracle_engine.manifest.model.vocab_size)[2]
+    kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=30)
+    decoder = oracle_engine.decoder
+    valid = decoder.lengths.adapter
+    assert valid > len(prompt) + 8, "several rounds must have been committed"
+    kept = {name: buf[:, :, :valid].copy() for name, buf in decoder.adapter.caches.items()}
+    sequence = (prompt + kg.output_ids)[:valid]
+    positions = np.arange(valid, dtype=np.int64)[None]
+    hidden = decoder.shallow.run({"input_ids": np.array([sequence], np.int64), "position_ids": positions}, 0)["hidden"]
+    decoder.adapter.run({"hidden": hidden.copy(), "position_ids": positions}, 0)
+    for name, rows in kept.items():
+        err = np.abs(rows - decoder.adapter.caches[name][:, :, :valid]).max()
+        assert err < 1e-4, f"adapter cache {name} differs from a fresh pass by {err:.2e}"
