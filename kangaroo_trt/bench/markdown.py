@@ -1,0 +1,153 @@
+"""Render a report dict as Markdown (report.md) and as the summary table printed on the terminal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _num(value, fmt: str = "{:.2f}", missing: str = "n/a") -> str:
+    return missing if value is None else fmt.format(value)
+
+
+def _adapter_note(report: dict[str, Any]) -> str | None:
+    adapter = report["engine"].get("adapter") or {}
+    if adapter.get("source") == "random":
+        return ("**The adapter is random** (`--random-adapter`): its drafts are noise, so almost every draft is "
+                "rejected and no speedup is expected; this report shows the cost of drafting and the equality "
+                "check, not what a trained adapter achieves.")
+    return None
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per task and overall: questions, AR and Kangaroo tok/s, speedup, #MAT, matched turns (+ baseline)."""
+    baseline = report["settings"].get("baseline")
+    rows = []
+    for name, s in list(report["by_task"].items()) + [("overall", report["overall"])]:
+        row = [name, str(s["questions"]), _num(s["ar_tokens_per_s"], "{:.1f}"), _num(s["kangaroo_tokens_per_s"], "{:.1f}"),
+               _num(s["speedup"], "{:.2f}x"), _num(s["mean_accepted"]), f"{s['matched_turns']}/{s['turns']}"]
+        if baseline:
+            row += [_num(s[f"{baseline}_tokens_per_s"], "{:.1f}"), _num(s[f"speedup_vs_{baseline}"], "{:.2f}x")]
+        rows.append(row)
+    return rows
+
+
+def table_header(report: dict[str, Any]) -> list[str]:
+    header = ["task", "questions", "AR tok/s", "Kangaroo tok/s", "speedup", "mean accepted", "matched turns"]
+    baseline = report["settings"].get("baseline")
+    if baseline:
+        header += [f"{baseline} tok/s", f"speedup vs {baseline}"]
+    return header
+
+
+def terminal_table(report: dict[str, Any]) -> str:
+    """Fixed-width summary table with the equality verdict under it."""
+    header, rows = table_header(report), table_rows(report)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out.append(equality_line(report))
+    if report["progress"]["interrupted"]:
+        out.append(f"interrupted: {report['progress']['finished']} of {report['progress']['selected']} questions ran")
+    return "\n".join(out)
+
+
+def equality_line(report: dict[str, Any]) -> str:
+    eq = report["equality"]
+    verdict = "PASSED" if eq["passed"] else "FAILED"
+    return (f"equality {verdict}: {eq['matched']}/{eq['turns']} turns token-identical to AR, "
+            f"{len(eq['near_ties'])} near-ties (margin < {report['settings']['near_tie_margin']:g}), "
+            f"{len(eq['mismatches'])} mismatches")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+           ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
+    e, env, st, o = report["engine"], report["environment"], report["settings"], report["overall"]
+    gamma = st["gamma"]
+    lines = [f"# kangaroo-bench: {e['source_model']} on {e['backend']} ({e['precision']})", ""]
+    if report.get("command"):
+        lines += ["Command:", "", "```sh", report["command"], "```", ""]
+    note = _adapter_note(report)
+    if note:
+        lines += [note, ""]
+    lines += [
+        f"**Overall speedup {_num(o['speedup'], '{:.2f}x')}** (Spec-Bench's definition: mean tokens/s of Kangaroo "
+        f"over mean tokens/s of plain greedy AR decoding on the same engines, same process), "
+        f"**{_num(o['mean_accepted'])} tokens per deep pass** (#MAT), {o['questions']} questions "
+        f"({o['turns']} turns, {o['new_tokens']} new tokens per method). {equality_line(report)}.", "",
+    ]
+    if report["progress"]["interrupted"]:
+        lines += [f"Interrupted (Ctrl-C): {report['progress']['finished']} of {report['progress']['selected']} "
+                  "selected questions ran; the numbers cover those only.", ""]
+    lines += _md_table(table_header(report), table_rows(report)) + [""]
+    lines += ["## Setting", ""] + _md_table(["", ""], [
+        ["engine", f"`{e['directory']}`: exit layer {e['exit_layer']}, cache {e['max_seq_len']} positions"],
+        ["adapter", f"`{json.dumps(e['adapter'])}`"],
+        ["decoding", f"greedy, batch 1, gamma {gamma}, tau {st['tau']}, max {st['max_new_tokens']} new tokens, "
+                     f"prompts: {st['prompt_format']}"],
+        ["questions", f"{st.get('questions', 'n/a')}; categories {st.get('categories') or 'all'}, "
+                      f"limit {st.get('limit') or 'none'} per category"],
+        ["protocol", "warm-up run per method, then per turn both methods on the same prompt, order alternating; "
+                     "second turns follow the model's own first answer"],
+        ["machine", f"{env.get('cpu', 'n/a')}, {env.get('cpu_count', 'n/a')} cores, {env.get('os', 'n/a')}"],
+        ["runtime", f"{e['backend']} {e['precision']}, threads {st.get('threads') or 'default'}"],
+        ["versions", ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + f", Python {env.get('python')}"],
+    ]) + [""]
+    lines += _acceptance_section(report, plots) + _time_section(report, plots) + _equality_section(report)
+    skipped = report["progress"]["skipped"]
+    if skipped:
+        lines += ["## Skipped questions", ""] + [f"- {s['question_id']} ({s['task']}): {s['reason']}" for s in skipped] + [""]
+    lines += ["Per-question numbers (tokens/s per method, each turn's tokens, time and stop reason) are in "
+              "`report.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def _image(plots: dict[str, str], key: str, alt: str) -> list[str]:
+    return [f"![{alt}]({plots[key]})", ""] if key in plots else []
+
+
+def _acceptance_section(report, plots) -> list[str]:
+    o, gamma = report["overall"], report["settings"]["gamma"]
+    ws = [str(w) for w in range(1, gamma + 1)]
+    rows = [[name] + [_num(v) for v in s["ctar"]] for name, s in list(report["by_task"].items()) + [("overall", o)]]
+    lines = ["## Acceptance", "", "CTAR(w): over all rounds and windows of w consecutive drafts, the fraction of "
+             "windows whose drafts were all accepted.", ""]
+    lines += _md_table(["task"] + [f"w={w}" for w in ws], rows) + [""] + _image(plots, "ctar", "CTAR curve")
+    lines += ["Accepted drafts per round (0..gamma): " + ", ".join(map(str, o["accepted_histogram"])) +
+              f" over {o['rounds']} rounds.", ""] + _image(plots, "accepted_histogram", "accepted lengths")
+    lines += ["Acceptance by draft position (of the rounds that proposed draft i): " +
+              ", ".join(f"{i}: {_num(v)}" for i, v in enumerate(o["accepted_by_position"], start=1)), ""]
+    lines += _image(plots, "accepted_by_position", "acceptance by draft position")
+    lines += _image(plots, "speedup", "speedup per category")
+    return lines
+
+
+def _time_section(report, plots) -> list[str]:
+    rows = []
+    for mode in ("ar", "kangaroo"):
+        s = report["time_split"][mode]
+        per_token = lambda key: _num(1000 * s[key] / s["new_tokens"] if s["new_tokens"] else None, "{:.1f}")
+        rows.append([mode, _num(s["total_s"], "{:.1f}"), per_token("prefill_s"), per_token("draft_s"),
+                     per_token("verify_s"), per_token("other_s")])
+    lines = ["## Where the time goes", "", "Milliseconds per generated token (verify = deep passes; for AR every "
+             "step is a shallow + deep pass and is counted as verify).", ""]
+    return lines + _md_table(["mode", "total s", "prefill", "draft", "verify", "other"], rows) + [""] + \
+        _image(plots, "time_split", "time split")
+
+
+def _equality_section(report) -> list[str]:
+    eq = report["equality"]
+    lines = ["## Equality check", "", f"{eq['matched']} of {eq['turns']} turns: Kangaroo's tokens are identical to "
+             f"AR's. A divergence is tolerated only where AR's top-1 minus top-2 logit at the first differing "
+             f"position is below {report['settings']['near_tie_margin']:g} (a floating-point near-tie).", ""]
+    for kind, cases in (("Near-ties", eq["near_ties"]), ("Mismatches (failures)", eq["mismatches"])):
+        if cases:
+            lines += [f"{kind}:", ""] + _md_table(
+                ["question", "task", "turn", "position", "margin", "kangaroo token", "AR token"],
+                [[str(c["question_id"]), c["task"], str(c["turn"]), str(c["position"]),
+                  _num(c["margin"], "{:.3g}"), str(c["kangaroo_token"]), str(c["ar_token"])] for c in cases]) + [""]
+    return lines
