@@ -18,8 +18,9 @@ from torch import nn
 from ..errors import KangarooError
 from .spec import GraphSpec
 
-# (atol, rtol) per precision; the fp16 bound covers fp16 rounding of O(1)-scale activations.
-TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
+# (atol, rtol) per precision: rtol covers rounding accumulated over ~30 layers on random inputs (fp32 ~1e-4
+# relative seen on SmolLM2), and fp16 rounding of O(1)-scale activations.
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2)}
 # (n new tokens, past_len) cases: empty cache, a draft step, a verify step, a prefill chunk.
 CASES = ((4, 0), (1, 5), (7, 9), (16, 3))
 
