@@ -18,7 +18,8 @@ from .errors import ConfigError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib)
+TENSORRT_MODES = ("auto", "off", "require")  # build TensorRT plans: when importable / never / or fail
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -192,6 +193,7 @@ class ExportConfig:
     max_verify: int = 8  # largest verify step (gamma + 1) the engines are profiled for
     opset: int = 17
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    tensorrt: str = "auto"  # one of TENSORRT_MODES: plans are built only where TensorRT imports
 
     def __post_init__(self) -> None:
         for p in self.precisions:
@@ -203,6 +205,8 @@ class ExportConfig:
             raise ConfigError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
         if self.prefill_chunk < 1:
             raise ConfigError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.tensorrt not in TENSORRT_MODES:
+            raise ConfigError(f"tensorrt must be one of {', '.join(TENSORRT_MODES)}, got {self.tensorrt!r}")
         if self.decode.gamma + 1 > self.max_verify:
             raise ConfigError(f"default gamma {self.decode.gamma} needs max_verify >= {self.decode.gamma + 1}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..config import PRECISIONS, DecodeConfig, ExportConfig
+from ..config import PRECISIONS, TENSORRT_MODES, DecodeConfig, ExportConfig
 from .common import quiet_libraries, user_errors
 
 
@@ -26,9 +26,11 @@ def main() -> None:
 @click.option("--precision", default="fp32", show_default=True, help=f"Comma-separated: {', '.join(PRECISIONS)}.")
 @click.option("--gamma", type=int, default=None, help="Default max drafts per round recorded in the manifest [6].")
 @click.option("--tau", type=float, default=None, help="Default early-exit confidence threshold [0.6].")
+@click.option("--tensorrt", type=click.Choice(TENSORRT_MODES), default="auto", show_default=True,
+              help="Build TensorRT plans: where TensorRT imports (auto), never (off), or fail without it (require).")
 @click.option("--force", is_flag=True, help="Replace an existing engine directory.")
 @user_errors
-def build(model, out, adapter, random_adapter, exit_layer, max_seq_len, precision, gamma, tau, force) -> None:
+def build(model, out, adapter, random_adapter, exit_layer, max_seq_len, precision, gamma, tau, tensorrt, force) -> None:
     """Export shallow / adapter / deep graphs, check them against PyTorch, and write OUT atomically."""
     from ..export.build import build_engine_dir, choose_adapter
 
@@ -42,8 +44,22 @@ def build(model, out, adapter, random_adapter, exit_layer, max_seq_len, precisio
         precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
         max_verify=max(8, decode.gamma + 1),
         decode=decode,
+        tensorrt=tensorrt,
     )
     build_engine_dir(model, out, export, adapter=checkpoint, force=force, log=click.echo)
+
+
+
+@main.command()
+@click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
+@click.option("--precision", default=None, help="Comma-separated precisions to build plans for [all in the manifest].")
+@user_errors
+def engines(engine_dir, precision) -> None:
+    """Build TensorRT plans (one per graph and precision) into an existing engine directory."""
+    from ..engines.builder import add_plans
+
+    precisions = tuple(p.strip() for p in precision.split(",") if p.strip()) if precision else None
+    add_plans(engine_dir, precisions, log=click.echo)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,15 @@ import torch
 from ..bundled import default_adapter, resolve_model
 from ..config import AdapterSpec, ExportConfig, ModelSpec
 from ..errors import ConfigError, KangarooError
-from ..model.weights import AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter
+from ..model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
+                             save_adapter)
 from .manifest import GRAPHS, MANIFEST, GraphEntry, Manifest, sha256
 from .onnx_export import export_graph
 from .spec import graph_specs
 from .validate import check_parity
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # exported from PyTorch; int8 is calibrated from fp32
+ADAPTER_DIR = "adapter"
 
 
 def _versions() -> dict[str, str]:
@@ -80,26 +82,29 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        graphs: dict[str, dict[str, GraphEntry]] = {}
-        for precision in export.precisions:
-            typed = modules if precision == "fp32" else modules.to_dtype(DTYPES[precision])
-            specs = graph_specs(spec, adapter.spec, export, precision)
-            graphs[precision] = {}
-            for name in GRAPHS:
-                rel = f"onnx/{precision}/{name}.onnx"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                export_graph(typed.graphs()[name], specs[name], tmp / rel, export.opset, spec.vocab_size)
-                parity = check_parity(typed.graphs()[name], specs[name], tmp / rel, precision, spec.vocab_size)
-                log(f"exported {rel}: {parity.summary()}")
-                graphs[precision][name] = GraphEntry(rel, specs[name], parity.max_abs_error)
         eos = _eos_ids(model_dir, spec)
+        graphs: dict[str, dict[str, GraphEntry]] = {}
+        for precision in (p for p in export.precisions if p in DTYPES):
+            graphs[precision] = _export_precision(modules, spec, adapter, export, precision, tmp, log)
+        info: dict = {"source_model": model, "adapter": adapter.meta, "versions": _versions(), "opset": export.opset}
+        if "int8" in export.precisions:
+            graphs["int8"], info["int8"] = _int8(modules, spec, adapter, export, graphs.get("fp32"), tmp, model_dir, eos, log)
+        graphs = {p: graphs[p] for p in export.precisions}  # manifest order = the order asked for
+        if export.tensorrt != "off":
+            from ..engines.builder import build_plans_if_available
+
+            plans = build_plans_if_available(tmp, graphs, export, log, required=export.tensorrt == "require")
+            if plans is not None:
+                info["tensorrt"] = plans
+        # The adapter's own weights, so a backend that rebuilds the modules (runner/torch_backend.py) can.
+        save_adapter(modules, tmp / ADAPTER_DIR, meta=adapter.meta)
+        info["adapter_dir"] = ADAPTER_DIR
         has_template = _save_tokenizer(model_dir, tmp / "tokenizer")
         files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = Manifest(
             model=spec, adapter=adapter.spec, exit_layer=export.exit_layer, max_seq_len=export.max_seq_len,
             prefill_chunk=export.prefill_chunk, max_verify=export.max_verify, decode=export.decode,
-            eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files,
-            info={"source_model": model, "adapter": adapter.meta, "versions": _versions(), "opset": export.opset},
+            eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, info=info,
         )
         manifest.write(tmp)
         if out.exists():  # --force on an engine directory: swap, then delete the old one
@@ -114,6 +119,49 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
         raise
     log(f"wrote {out}")
     return manifest
+
+
+def _export_precision(modules, spec: ModelSpec, adapter: AdapterCheckpoint, export: ExportConfig, precision: str,
+                      root: Path, log: Callable[[str], None]) -> dict[str, GraphEntry]:
+    """Export the three graphs of one float precision under ``root/onnx/<precision>/`` and check their parity."""
+    typed = modules if precision == "fp32" else modules.to_dtype(DTYPES[precision])
+    specs = graph_specs(spec, adapter.spec, export, precision)
+    entries = {}
+    for name in GRAPHS:
+        rel = f"onnx/{precision}/{name}.onnx"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        export_graph(typed.graphs()[name], specs[name], root / rel, export.opset, spec.vocab_size)
+        parity = check_parity(typed.graphs()[name], specs[name], root / rel, precision, spec.vocab_size)
+        log(f"exported {rel}: {parity.summary()}")
+        entries[name] = GraphEntry(rel, specs[name], parity.max_abs_error)
+    return entries
+
+
+def _int8(modules, spec: ModelSpec, adapter: AdapterCheckpoint, export: ExportConfig,
+          fp32: dict[str, GraphEntry] | None, tmp: Path, model_dir: Path, eos: tuple[int, ...],
+          log: Callable[[str], None]) -> tuple[dict[str, GraphEntry], dict]:
+    """INT8 Q/DQ graphs calibrated from the fp32 ones (exported to a scratch folder if fp32 was not asked for).
+
+    An int8 entry's ``parity`` holds its teacher-forced top-1 agreement with fp32 (see ``calib.quality``)
+    instead of an error bound: INT8 is judged by that and by Kangaroo == AR on itself, both in ``info["int8"]``.
+    """
+    from ..calib import build_int8
+
+    scratch = tmp / ".fp32-for-int8"
+    if fp32 is None:
+        fp32 = _export_precision(modules, spec, adapter, export, "fp32", scratch, log)
+        base = scratch
+    else:
+        base = tmp
+    try:
+        result = build_int8({g: (base / e.file, e.spec) for g, e in fp32.items()}, tmp / "onnx" / "int8",
+                            _tokenizer(model_dir), eos, export.prefill_chunk, log=log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    specs = graph_specs(spec, adapter.spec, export, "int8")
+    agreement = result.report["agreement"]
+    entries = {g: GraphEntry(f"onnx/int8/{g}.onnx", specs[g], {"top1_agreement": agreement[g]}) for g in GRAPHS}
+    return entries, {"report": "onnx/int8/quality.json", **result.report}
 
 
 def _eos_ids(model_dir: Path, spec: ModelSpec) -> tuple[int, ...]:

@@ -17,7 +17,9 @@ from ..config import AdapterSpec, ExportConfig, ModelSpec
 from ..errors import InputError
 
 NEW_TOKENS = "n"
-FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16"}
+# Graph I/O dtype per precision. int8 graphs quantize weights and activations inside (Q/DQ nodes) but keep
+# fp32 inputs, outputs and caches, so the runner's buffers are those of the fp32 graphs.
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
 
 
 @dataclass(frozen=True)

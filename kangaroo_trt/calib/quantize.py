@@ -1,0 +1,115 @@
+"""fp32 ONNX graph + captured samples -> INT8 Q/DQ ONNX graph that TensorRT and ONNX Runtime both run.
+
+Tool: ONNX Runtime's ``quantize_static`` with ``QuantFormat.QDQ``. Why this one and not NVIDIA ModelOpt:
+it ships inside the ``onnxruntime`` package the project already depends on (ModelOpt's extras pin older
+onnx / onnxruntime / transformers), it calibrates on ONNX Runtime CPU (no GPU needed), and it writes plain
+ONNX ``QuantizeLinear`` / ``DequantizeLinear`` pairs, the form TensorRT's strongly typed INT8 path imports.
+
+What is quantized, and how:
+
+* only the linear projections: ``MatMul`` nodes whose B input is a weight initializer (q/k/v/o, gate/up/
+  down). Attention's activation x activation MatMuls (scores, probs @ V), the norms, rotary, softmax and the
+  argmax heads stay fp32;
+* the LM head stays fp32 unless ``quantize_lm_head`` is set (measure it with the quality report first);
+* weights: int8, symmetric, per output channel (axis 1 of the [in, out] MatMul weight);
+* activations: int8, symmetric (zero point 0, as TensorRT requires), one scale per tensor from the min/max
+  seen over the captured samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import KangarooError
+from ..export.spec import GraphSpec
+from .capture import Sample
+
+CALIBRATION_METHODS = ("minmax", "percentile")
+
+
+class QuantizationError(KangarooError):
+    """The INT8 variant of a graph could not be produced."""
+
+
+def linear_matmuls(model: onnx.ModelProto, quantize_lm_head: bool = False) -> list[str]:
+    """Names of MatMul nodes whose second input is a weight initializer (the linear projections)."""
+    weights = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in weights and (quantize_lm_head or "lm_head" not in n.name)]
+
+
+class _Reader:
+    """ONNX Runtime ``CalibrationDataReader``: one feed dict per captured sample, built lazily."""
+
+    def __init__(self, spec: GraphSpec, samples: list[Sample]) -> None:
+        self.spec, self.samples, self.i = spec, samples, 0
+
+    def get_next(self):
+        if self.i >= len(self.samples):
+            return None
+        self.i += 1
+        return self.samples[self.i - 1].feeds(self.spec)
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, samples: list[Sample],
+                   method: str = "minmax", quantize_lm_head: bool = False) -> list[str]:
+    """Write ``out_path`` (+ ``out_path.data``); returns the names of the quantized MatMul nodes."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"calibration method {method!r} is not supported (supported: {', '.join(CALIBRATION_METHODS)})")
+    if not samples:
+        raise QuantizationError(f"{spec.name}: no calibration samples were captured: give longer calibration prompts")
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    nodes = linear_matmuls(model)
+    if not nodes:
+        raise QuantizationError(f"{spec.name}: no MatMul with a weight input found in {fp32_path.name}: nothing to quantize")
+    scratch = out_path.with_name(out_path.stem + ".qdq.onnx")
+    try:
+        quantize_static(
+            str(fp32_path), str(scratch), _Reader(spec, samples),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Percentile,
+            use_external_data_format=True,
+            extra_options={
+                "ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                # No CalibMaxIntermediateOutputs: in onnxruntime 1.31 it discards the batches it flushes. MinMax
+                # keeps only per-tensor ReduceMin/ReduceMax outputs per sample, so memory stays small anyway.
+            },
+        )
+        quantized = onnx.load(str(scratch))  # pulls its external data in
+    finally:
+        for f in out_path.parent.glob(scratch.name + "*"):
+            f.unlink()
+        for f in out_path.parent.glob("augmented_model*"):  # the calibrator's scratch model, if left behind
+            f.unlink()
+    quantized.graph.name = spec.name
+    onnx.save_model(quantized, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out_path.name + ".data", size_threshold=1024)
+    onnx.checker.check_model(str(out_path))
+    _check_symmetric(onnx.load(str(out_path)), spec.name)
+    return nodes
+
+
+def _check_symmetric(model: onnx.ModelProto, graph: str) -> None:
+    """TensorRT takes only int8 Q/DQ with zero point 0: refuse anything else here, not at engine build."""
+    from onnx import numpy_helper
+
+    init = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zp = init.get(node.input[2])
+        if zp is None:
+            continue
+        z = numpy_helper.to_array(zp)
+        if z.dtype != np.int8 or np.any(z != 0):
+            raise QuantizationError(f"{graph}: {node.name} has a {z.dtype} zero point {z.ravel()[:3]}: TensorRT needs int8 with zero point 0")
