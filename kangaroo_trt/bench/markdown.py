@@ -54,6 +54,8 @@ def terminal_table(report: dict[str, Any]) -> str:
 
 def equality_line(report: dict[str, Any]) -> str:
     eq = report["equality"]
+    if not eq["turns"]:
+        return "equality: no turn was compared"
     verdict = "PASSED" if eq["passed"] else "FAILED"
     return (f"equality {verdict}: {eq['matched']}/{eq['turns']} turns token-identical to AR, "
             f"{len(eq['near_ties'])} near-ties (margin < {report['settings']['near_tie_margin']:g}), "
@@ -89,7 +91,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         ["adapter", f"`{json.dumps(e['adapter'])}`"],
         ["decoding", f"greedy, batch 1, gamma {gamma}, tau {st['tau']}, max {st['max_new_tokens']} new tokens, "
                      f"prompts: {st['prompt_format']}"],
-        ["questions", f"{st.get('questions', 'n/a')}; categories {st.get('categories') or 'all'}, "
+        ["questions", f"{st.get('questions', 'n/a')}; categories {', '.join(st.get('categories') or ['all'])}, "
                       f"limit {st.get('limit') or 'none'} per category"],
         ["protocol", "warm-up run per method, then per turn both methods on the same prompt, order alternating; "
                      "second turns follow the model's own first answer"],

@@ -80,18 +80,18 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
         baseline = TransformersBaseline.for_engine(engine, threads)
 
-    bar = tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True)
-    matched = [0, 0]
-
-    def progress(run) -> None:
-        matched[0] += sum(t.equality.status == "match" for t in run.turns)
-        matched[1] += len(run.turns)
-        bar.set_postfix_str(f"{run.question.task} | matched {matched[0]}/{matched[1]}")
-        bar.update(1)
-
+    engine.decode_config(gamma, tau, max_new_tokens)  # a bad --gamma fails here, before the progress bar
     config = BenchConfig(max_new_tokens=max_new_tokens, gamma=gamma, tau=tau, warmup=not no_warmup)
-    bench = run_bench(engine, questions, config, baseline, progress)
-    bar.close()
+    matched = [0, 0]
+    with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def progress(run) -> None:
+            matched[0] += sum(t.equality.status == "match" for t in run.turns)
+            matched[1] += len(run.turns)
+            bar.set_postfix_str(f"{run.question.task} | matched {matched[0]}/{matched[1]}")
+            bar.update(1)
+
+        bench = run_bench(engine, questions, config, baseline, progress)
 
     settings = {"questions": str(questions_file) if questions_file else "Spec-Bench (480 questions, shipped)",
                 "categories": _categories(categories), "limit": limit, "threads": threads}
