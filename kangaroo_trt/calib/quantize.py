@@ -18,6 +18,7 @@ What is quantized, and how:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,9 @@ def quantize_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, samples: li
     if not nodes:
         raise QuantizationError(f"{spec.name}: no MatMul with a weight input found in {fp32_path.name}: nothing to quantize")
     scratch = out_path.with_name(out_path.stem + ".qdq.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static logs advice ("consider pre-processing") on the root logger
     try:
         quantize_static(
             str(fp32_path), str(scratch), _Reader(spec, samples),
@@ -87,6 +91,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, samples: li
         )
         quantized = onnx.load(str(scratch))  # pulls its external data in
     finally:
+        root.setLevel(level)
         for f in out_path.parent.glob(scratch.name + "*"):
             f.unlink()
         for f in out_path.parent.glob("augmented_model*"):  # the calibrator's scratch model, if left behind

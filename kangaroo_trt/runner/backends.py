@@ -1,4 +1,10 @@
-"""Backend selection: the best runtime present, or the one asked for."""
+"""Backend selection: the best runtime present, or the one asked for.
+
+"auto" tries, in order, TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU, and takes the first
+that is installed and can serve these graphs (a backend that cannot, e.g. TensorRT without plans for this
+precision or PyTorch for int8, raises ``BackendError`` and the next one is tried). ``torch-cpu`` (the
+numerical reference) is never chosen automatically. Naming a backend forces it; its error is shown as is.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,31 @@ from pathlib import Path
 from ..errors import BackendError
 from ..export.spec import GraphSpec
 from .backend import Backend
-from .ort_backend import OrtCpuBackend
+from .ort_backend import OrtCpuBackend, OrtCudaBackend
+from .torch_backend import TorchCpuBackend, TorchCudaBackend
+from .trt_backend import TensorRTBackend
 
-# Preference order for "auto". GPU backends join this list as they are added.
-BACKENDS: dict[str, type[Backend]] = {OrtCpuBackend.name: OrtCpuBackend}
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (
+    TensorRTBackend, OrtCudaBackend, TorchCudaBackend, OrtCpuBackend, TorchCpuBackend)}
+AUTO_ORDER = (TensorRTBackend.name, OrtCudaBackend.name, TorchCudaBackend.name, OrtCpuBackend.name)
 
 
 def open_backend(name: str, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None) -> Backend:
     if name == "auto":
-        for cls in BACKENDS.values():
-            if cls.available():
+        reasons = []
+        for candidate in AUTO_ORDER:
+            cls = BACKENDS[candidate]
+            if not cls.available():
+                continue
+            try:
                 return cls(graphs, threads)
-        raise BackendError("no runtime is installed: pip install onnxruntime")
+            except BackendError as err:
+                reasons.append(f"{candidate}: {err}")
+        raise BackendError("no backend can run these graphs (" + "; ".join(reasons or ["none installed"]) +
+                           "): pip install onnxruntime")
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}: choose auto or one of {', '.join(BACKENDS)}")
     cls = BACKENDS[name]
     if not cls.available():
-        raise BackendError(f"backend {name} is not available on this machine: use --backend auto")
+        raise BackendError(f"backend {name} is not available on this machine: {getattr(cls, 'install', 'use --backend auto')}")
     return cls(graphs, threads)

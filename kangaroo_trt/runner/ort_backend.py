@@ -1,7 +1,14 @@
-"""ONNX Runtime backend (CPU execution provider) with IOBinding on buffers allocated once.
+"""ONNX Runtime backends with IOBinding on buffers allocated once: CPU (numpy) and CUDA (CuPy device buffers).
 
-Cache buffers are numpy arrays bound to the session by pointer once, at open; inputs and outputs are
+CPU: cache buffers are numpy arrays bound to the session by pointer once, at open; inputs and outputs are
 bound by pointer on every call, so ONNX Runtime neither copies the caches nor allocates outputs.
+
+CUDA (``onnxruntime-gpu``; UNVERIFIED, never run: no GPU on this project's machines): the same design with
+CuPy device buffers bound as ``"cuda"`` memory. Token inputs and outputs live in buffers of the largest
+``n`` (the contiguous prefix is bound for a call), the new cache rows are copied device to device, and
+outputs are returned as CuPy arrays (see ``trt_backend.py``: exit states never leave the device; only
+the accept/reject ids are read back). ONNX Runtime runs on its own CUDA stream, so the runner synchronizes
+CuPy's stream before each run; ``run_with_iobinding`` returns once its outputs are ready.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class OrtGraphRunner(GraphRunner):
 class OrtCpuBackend(Backend):
     name = "onnxruntime-cpu"
     device = "cpu"
+    install = "pip install onnxruntime"
 
     @classmethod
     def available(cls) -> bool:
@@ -84,3 +92,80 @@ class OrtCpuBackend(Backend):
 
     def graph(self, name: str) -> GraphRunner:
         return self._runners[name]
+
+
+class OrtCudaGraphRunner(GraphRunner):
+    def __init__(self, session, spec: GraphSpec, max_n: int) -> None:
+        from .trt_backend import import_cupy
+
+        cp = self._cp = import_cupy()
+        super().__init__(spec)
+        self._session = session
+        self._binding = session.io_binding()
+        self.caches = {}  # past name -> device buffer [1, kv_heads, max_seq_len, head_dim], bound once
+        for c in spec.caches:
+            for name in (c.past_key, c.past_value):
+                self.caches[name] = cp.zeros(c.shape, dtype=c.dtype)
+                self._bind(name, self.caches[name], output=False)
+        self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype) for t in (*spec.token_inputs, *spec.outputs)}
+
+    def _bind(self, name: str, array, output: bool) -> None:
+        bind = self._binding.bind_output if output else self._binding.bind_input
+        bind(name, "cuda", 0, np.dtype(array.dtype), list(array.shape), array.data.ptr)
+
+    def _run(self, feeds, start, n):
+        from .trt_backend import prefix_view
+
+        cp = self._cp
+        views = {t.name: prefix_view(self._buffers[t.name], t.concrete(n)) for t in (*self.spec.token_inputs, *self.spec.outputs)}
+        for t in self.spec.token_inputs:
+            src = feeds[t.name]
+            if isinstance(src, np.ndarray):
+                views[t.name].set(np.ascontiguousarray(src))
+            else:
+                views[t.name][...] = src
+            self._bind(t.name, views[t.name], output=False)
+        for t in self.spec.outputs:
+            self._bind(t.name, views[t.name], output=True)
+        cp.cuda.get_current_stream().synchronize()  # ORT's stream does not wait for CuPy's
+        self._session.run_with_iobinding(self._binding)
+        for c in self.spec.caches:  # the n new rows, device to device
+            self.caches[c.past_key][:, :, start:start + n] = views[c.present_key]
+            self.caches[c.past_value][:, :, start:start + n] = views[c.present_value]
+        return {t.name: views[t.name] for t in self.spec.token_outputs}
+
+
+class OrtCudaBackend(Backend):
+    name = "onnxruntime-cuda"
+    device = "cuda"
+    install = "pip install onnxruntime-gpu cupy-cuda13x (NVIDIA GPU, CUDA 13)"
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            import cupy
+            import onnxruntime as ort
+
+            return "CUDAExecutionProvider" in ort.get_available_providers() and cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:  # ImportError, or a CUDA library / driver missing
+            return False
+
+    def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None) -> None:
+        if not self.available():
+            raise BackendError(f"ONNX Runtime CUDA is not available here: {self.install}")
+        max_n = _max_n(graphs)
+        self._runners = {}
+        for name, (path, spec) in graphs.items():
+            session = ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+            self._runners[name] = OrtCudaGraphRunner(session, spec, max_n)
+
+    def graph(self, name: str) -> GraphRunner:
+        return self._runners[name]
+
+
+def _max_n(graphs: dict[str, tuple[Path, GraphSpec]]) -> int:
+    """Largest n any call makes: the engine's prefill chunk (>= max_verify), from its manifest."""
+    from ..engines.locate import owning_engine
+
+    manifest = owning_engine(graphs).manifest
+    return max(manifest.prefill_chunk, manifest.max_verify)

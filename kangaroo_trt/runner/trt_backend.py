@@ -1,0 +1,171 @@
+"""TensorRT backend: plans from the engine directory, device buffers allocated once, one CUDA stream.
+
+UNVERIFIED: written against the TensorRT 10/11 runtime API and CuPy from their documentation; it has never
+run (no GPU or TensorRT on this project's machines). ``scripts/gpu_check.sh`` runs its GPU-marked tests
+where TensorRT is installed.
+
+Per graph (``TrtGraphRunner``):
+
+* one execution context per optimization profile (``engines/profiles.py``: ``step`` for n <= max_verify,
+  ``prefill`` for prompt chunks), so no call switches profiles;
+* device buffers, allocated once: the caches ``[1, kv_heads, S_max, head_dim]``, and the token inputs,
+  ``present_*`` rows and token outputs at their largest ``n``. A call with ``n`` tokens uses the contiguous
+  prefix of each buffer, so every tensor address is fixed;
+* ``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3`` on the backend's stream; the ``n``
+  new cache rows are then copied to slots ``start .. start + n`` on the same stream (device to device);
+* CUDA graphs (``cuda_graphs=True``, the default; ``KANGAROO_TRT_CUDA_GRAPHS=0`` turns them off): the first
+  call of each (profile, n) runs normally, then captures the enqueue; later calls with that n replay it.
+  Positions and the cache length are data (``position_ids``), so one graph serves every ``start``.
+
+Host round trips: outputs are returned as CuPy arrays, which the decoding loop handles through the numpy
+API (``np.concatenate`` dispatches to CuPy; exit states stay on the device). Only the loop's
+accept/reject decision reads ids back (``int()`` / ``.tolist()`` on ``draft_ids`` / ``target_ids``).
+The stream is a blocking one, so those reads (on the legacy default stream) wait for its work.
+
+Ownership: returned arrays are views of the runner's output buffers, valid until its next call.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..engines.profiles import Profile, pick, profiles
+from ..errors import BackendError, EngineDirError
+from ..export.spec import GraphSpec
+from .backend import Backend, GraphRunner
+
+CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
+
+
+def import_cupy():
+    """``cupy``, or a one-line BackendError saying what to install (also used by the ONNX Runtime CUDA backend)."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise BackendError(CUPY_HINT) from err
+    return cupy
+
+
+def prefix_view(buffer, shape: tuple[int, ...]):
+    """The contiguous first ``prod(shape)`` elements of a max-size buffer, as an array of ``shape``."""
+    return buffer.ravel()[: int(np.prod(shape))].reshape(shape)
+
+
+def cuda_graphs_enabled() -> bool:
+    return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"
+
+
+class TrtGraphRunner(GraphRunner):
+    def __init__(self, engine, spec: GraphSpec, available: tuple[Profile, ...], stream, cuda_graphs: bool) -> None:
+        cp = import_cupy()
+        super().__init__(spec)
+        self._cp, self._stream, self._profiles, self._cuda_graphs = cp, stream, available, cuda_graphs
+        if engine.num_optimization_profiles != len(available):
+            raise EngineDirError(f"{spec.name} plan has {engine.num_optimization_profiles} profiles, expected "
+                                 f"{len(available)}: rebuild it with kangaroo-export engines")
+        self._contexts = []
+        for i in range(len(available)):
+            context = engine.create_execution_context()
+            context.set_optimization_profile_async(i, stream.ptr)
+            self._contexts.append(context)
+        max_n = max(p.n_max for p in available)
+        with stream:
+            self.caches = {}  # past name -> device buffer [1, kv_heads, max_seq_len, head_dim]
+            for c in spec.caches:
+                for name in (c.past_key, c.past_value):
+                    self.caches[name] = cp.zeros(c.shape, dtype=c.dtype)
+            # token inputs and all outputs at their largest n; a call uses the contiguous prefix
+            self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype)
+                             for t in (*spec.token_inputs, *spec.outputs)}
+        self._graphs: dict[tuple[int, int], object] = {}  # (profile, n) -> captured cupy.cuda.Graph
+        self._present = [(c.past_key, c.present_key) for c in spec.caches] + [(c.past_value, c.present_value) for c in spec.caches]
+
+    def _views(self, n: int) -> dict:
+        return {t.name: prefix_view(self._buffers[t.name], t.concrete(n)) for t in (*self.spec.token_inputs, *self.spec.outputs)}
+
+    def _enqueue(self, profile: int, n: int, views: dict) -> None:
+        context = self._contexts[profile]
+        for t in self.spec.token_inputs:
+            context.set_input_shape(t.name, t.concrete(n))
+        for name, buf in self.caches.items():
+            context.set_tensor_address(name, buf.data.ptr)
+        for name, view in views.items():
+            context.set_tensor_address(name, view.data.ptr)
+        if not context.execute_async_v3(self._stream.ptr):
+            raise BackendError(f"TensorRT failed to run the {self.spec.name} graph (n={n}): see the TensorRT log")
+
+    def _run(self, feeds, start, n):
+        cp = self._cp
+        profile = pick(self._profiles, n)
+        views = self._views(n)
+        with self._stream:
+            for t in self.spec.token_inputs:
+                src = feeds[t.name]
+                if isinstance(src, np.ndarray):
+                    views[t.name].set(np.ascontiguousarray(src), stream=self._stream)
+                else:  # already on the device (an earlier graph's output)
+                    views[t.name][...] = src
+            graph = self._graphs.get((profile, n))
+            if graph is not None:
+                graph.launch(self._stream)
+            else:
+                self._enqueue(profile, n, views)
+                if self._cuda_graphs:  # warm-up done above: capture this shape for the next calls
+                    self._stream.begin_capture()
+                    self._enqueue(profile, n, views)
+                    self._graphs[(profile, n)] = self._stream.end_capture()
+            for past, present in self._present:  # n new rows to slots start .. start + n (device to device)
+                self.caches[past][:, :, start:start + n] = views[present]
+        return {t.name: views[t.name] for t in self.spec.token_outputs}
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    device = "cuda"
+    install: ClassVar[str] = "pip install tensorrt-cu13 cupy-cuda13x (NVIDIA GPU), then kangaroo-export engines --engine-dir DIR"
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            import cupy
+            import tensorrt  # noqa: F401
+
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:  # ImportError, or CUDA present without a driver / device
+            return False
+
+    def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None,
+                 cuda_graphs: bool | None = None) -> None:
+        from ..engines.builder import import_tensorrt
+        from ..engines.locate import owning_engine
+        from ..engines.plans import fresh_plan
+
+        trt = import_tensorrt()
+        cp = import_cupy()
+        ref = owning_engine(graphs)
+        record = ref.manifest.info.get("tensorrt", {})
+        built = record.get("versions", {}).get("tensorrt")
+        if built is not None and built != trt.__version__:
+            raise EngineDirError(f"{ref.directory}: plans built with TensorRT {built}, runtime is {trt.__version__}: "
+                                 f"rebuild with kangaroo-export engines --engine-dir {ref.directory}")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.stream = cp.cuda.Stream(non_blocking=False)
+        available = tuple(Profile(p["name"], *p["n"]) for p in record.get("profiles", [])) or \
+            profiles(ref.manifest.max_verify, ref.manifest.prefill_chunk)
+        use_graphs = cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs
+        self._engines, self._runners = {}, {}
+        for name, (_, spec) in graphs.items():
+            plan = fresh_plan(ref.directory, ref.manifest, ref.precision, name)
+            engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+            if engine is None:
+                raise EngineDirError(f"TensorRT cannot load {plan}: rebuild with kangaroo-export engines --engine-dir {ref.directory}")
+            self._engines[name] = engine
+            self._runners[name] = TrtGraphRunner(engine, spec, available, self.stream, use_graphs)
+
+    def graph(self, name: str) -> GraphRunner:
+        return self._runners[name]

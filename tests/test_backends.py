@@ -1,0 +1,167 @@
+"""Backends: the PyTorch backend (CPU here) is lossless and agrees with ONNX Runtime; selection and errors.
+
+GPU backends (TensorRT, ONNX Runtime CUDA, PyTorch CUDA) are tested by the ``gpu`` tests at the end, which
+skip cleanly without CUDA (run them with scripts/gpu_check.sh on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kangaroo_trt.config import ExportConfig
+from kangaroo_trt.errors import BackendError, EngineDirError
+from kangaroo_trt.export.build import build_engine_dir
+from kangaroo_trt.export.manifest import GRAPHS, Manifest
+from kangaroo_trt.runner.api import KangarooEngine
+from kangaroo_trt.runner.backends import AUTO_ORDER, BACKENDS, open_backend
+from kangaroo_trt.runner.trt_backend import prefix_view
+
+PROMPTS = ["the quick brown fox jumps", "hello world, this is", "def add(a, b):"]
+GRID = ((1, 0.0), (3, 0.0), (6, 0.6))
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+gpu = pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with a CUDA build of torch")
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("backends") / "engine"
+    build_engine_dir(str(tiny_model("llama-mha-untied")), out, ExportConfig(max_seq_len=96, prefill_chunk=8,
+                     precisions=("fp32", "fp16", "int8"), tensorrt="off"), allow_random_adapter=True, log=lambda _: None)
+    return out
+
+
+def _graphs(directory, precision):
+    manifest = Manifest.read(directory)
+    return {g: (directory / manifest.graphs[precision][g].file, manifest.graphs[precision][g].spec) for g in GRAPHS}
+
+
+def _lossless(engine: KangarooEngine) -> list[list[int]]:
+    outputs = []
+    for prompt in PROMPTS:
+        ar = engine.generate(prompt, mode="ar", max_new_tokens=20)
+        for gamma, tau in GRID:
+            k = engine.generate(prompt, mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=20)
+            assert k.output_ids == ar.output_ids, (engine.backend.name, engine.precision, prompt, gamma, tau)
+        outputs.append(ar.output_ids)
+    return outputs
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cpu_kangaroo_equals_ar(engine_dir, precision):
+    engine = KangarooEngine.open(engine_dir, backend="torch-cpu", precision=precision)
+    _lossless(engine)
+    stats = engine.generate(PROMPTS[0], max_new_tokens=4).stats.to_dict()
+    assert stats["backend"] == "torch-cpu" and stats["precision"] == precision
+
+
+def test_torch_cpu_tokens_match_onnxruntime(engine_dir):
+    torch_out = _lossless(KangarooEngine.open(engine_dir, backend="torch-cpu", precision="fp32"))
+    ort_out = _lossless(KangarooEngine.open(engine_dir, backend="onnxruntime-cpu", precision="fp32"))
+    assert torch_out == ort_out
+
+
+def test_torch_and_onnxruntime_graphs_agree_call_by_call(engine_dir):
+    """Same feeds through both backends' runners (prefill chunk, draft step, verify step): same caches, outputs."""
+    graphs = _graphs(engine_dir, "fp32")
+    ref, other = open_backend("onnxruntime-cpu", graphs, threads=1), open_backend("torch-cpu", graphs, threads=1)
+    rng = np.random.default_rng(0)
+    start = 0
+    for n in (8, 1, 5):
+        feeds = {"input_ids": rng.integers(0, 300, (1, n)), "position_ids": np.arange(start, start + n)[None]}
+        a, b = ref.graph("shallow").run(feeds, start)["hidden"].copy(), other.graph("shallow").run(feeds, start)["hidden"]
+        np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+        deep = {"hidden": a, "position_ids": feeds["position_ids"]}
+        ta, tb = ref.graph("deep").run(deep, start), other.graph("deep").run(deep, start)
+        np.testing.assert_allclose(tb["logits"], ta["logits"], atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(tb["target_ids"], ta["target_ids"])
+        start += n
+    for name, buf in ref.graph("deep").caches.items():  # the caches the runners keep agree too
+        np.testing.assert_allclose(other.graph("deep").caches[name][:, :, :start].numpy(), buf[:, :, :start], atol=1e-4)
+
+
+def test_torch_backend_refuses_int8(engine_dir):
+    with pytest.raises(BackendError, match="int8"):
+        open_backend("torch-cpu", _graphs(engine_dir, "int8"))
+
+
+def test_auto_picks_the_best_available_and_never_torch_cpu(engine_dir):
+    assert AUTO_ORDER[:2] == ("tensorrt", "onnxruntime-cuda") and "torch-cpu" not in AUTO_ORDER
+    engine = KangarooEngine.open(engine_dir)
+    expected = next(n for n in AUTO_ORDER if BACKENDS[n].available())
+    if expected == "tensorrt":  # no plans in this directory: auto moves on
+        expected = next(n for n in AUTO_ORDER[1:] if BACKENDS[n].available())
+    assert engine.backend.name == expected
+    if not _cuda():
+        assert engine.backend.name == "onnxruntime-cpu"
+
+
+def test_forcing_a_backend(engine_dir):
+    graphs = _graphs(engine_dir, "fp32")
+    with pytest.raises(BackendError, match="unknown backend"):
+        open_backend("vulkan", graphs)
+    for name in ("tensorrt", "onnxruntime-cuda", "torch-cuda"):
+        if not BACKENDS[name].available():
+            with pytest.raises(BackendError, match="not available on this machine: .*(pip install|GPU)"):
+                open_backend(name, graphs)
+
+
+def test_graphs_outside_an_engine_dir_are_refused(engine_dir, tmp_path):
+    import shutil
+
+    graphs = _graphs(engine_dir, "fp32")
+    moved = {}
+    for g, (path, spec) in graphs.items():
+        shutil.copy(path, tmp_path / path.name)
+        shutil.copy(str(path) + ".data", tmp_path / (path.name + ".data"))
+        moved[g] = (tmp_path / path.name, spec)
+    with pytest.raises(EngineDirError, match="does not belong to an engine directory"):
+        open_backend("torch-cpu", moved)
+
+
+def test_prefix_view_shares_the_buffer():
+    buf = np.zeros((1, 8, 4), np.float32)
+    view = prefix_view(buf, (1, 3, 4))
+    view[...] = 1.0
+    assert np.shares_memory(view, buf) and buf.sum() == 12 and buf[0, :3].all()
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_kangaroo_equals_ar(engine_dir, precision):
+    _lossless(KangarooEngine.open(engine_dir, backend="torch-cuda", precision=precision))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_onnxruntime_cuda_kangaroo_equals_ar(engine_dir, precision):
+    if not BACKENDS["onnxruntime-cuda"].available():
+        pytest.skip("onnxruntime-gpu and cupy are not installed")
+    _lossless(KangarooEngine.open(engine_dir, backend="onnxruntime-cuda", precision=precision))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", ["1", "0"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_kangaroo_equals_ar(engine_dir, precision, cuda_graphs, monkeypatch):
+    if not BACKENDS["tensorrt"].available():
+        pytest.skip("TensorRT and cupy are not installed")
+    from kangaroo_trt.engines.builder import add_plans
+
+    if precision not in Manifest.read(engine_dir).info.get("tensorrt", {}).get("plans", {}):
+        add_plans(engine_dir, (precision,), log=lambda _: None)
+    monkeypatch.setenv("KANGAROO_TRT_CUDA_GRAPHS", cuda_graphs)
+    _lossless(KangarooEngine.open(engine_dir, backend="tensorrt", precision=precision))
