@@ -259,3 +259,18 @@ def test_cli_user_errors(engine_dir, questions_file, tmp_path, args, message):
 def test_cli_missing_engine_dir(questions_file, tmp_path):
     result = _bench(tmp_path / "nowhere", questions_file, tmp_path / "r")
     assert result.exit_code == 2 and result.output.startswith("error: ")
+
+
+@pytest.mark.slow
+def test_smollm2_multi_turn_chat(smollm2_engine):
+    """The real model's chat template: turn 2 is the whole conversation, with the model's first answer in it."""
+    engine = KangarooEngine.open(smollm2_engine, threads=1)
+    question = select(load_questions(), ["mt_bench"], 1)
+    bench = run_bench(engine, question, BenchConfig(max_new_tokens=8), progress=None)
+    first, second = bench.runs[0].turns
+    assert bench.prompt_format == "chat template"
+    assert all(t.equality.status == MATCH for t in (first, second))
+    messages = [{"role": "user", "content": question[0].turns[0]},
+                {"role": "assistant", "content": first.results["ar"].text},
+                {"role": "user", "content": question[0].turns[1]}]
+    assert second.results["kangaroo"].prompt_ids == engine.encode(messages, chat=True)

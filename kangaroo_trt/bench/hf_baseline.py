@@ -13,10 +13,11 @@ from ..bundled import resolve_model
 from ..errors import ConfigError
 from ..runner.api import GenerationResult, KangarooEngine
 from ..runner.stats import AcceptanceLog, GenerationStats
-from .runner import Baseline
 
 
-class TransformersBaseline(Baseline):
+class TransformersBaseline:
+    """Greedy ``generate`` of the source model in PyTorch; satisfies ``runner.Baseline``."""
+
     name = "hf"
 
     def __init__(self, model_dir: Path, tokenizer, eos_ids: tuple[int, ...], threads: int | None = None) -> None:

@@ -9,7 +9,7 @@ every question finished so far.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..config import DecodeConfig
 from ..runner.api import GenerationResult, KangarooEngine
@@ -63,13 +63,12 @@ class BenchRun:
         return [r for r in self.runs if r.skipped is None]
 
 
-class Baseline:
+class Baseline(Protocol):
     """An extra method timed on the same prompt ids (e.g. transformers ``generate``)."""
 
     name: str
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
-        raise NotImplementedError
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult: ...
 
 
 class BenchRunner:
