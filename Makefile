@@ -31,3 +31,12 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) engines
+
+# kangaroo-bench quick setting: 2 Spec-Bench questions of every category, 64 new tokens per turn (a few minutes
+# on 2 CPU cores). Spec-Bench's full protocol: make bench BENCH_ARGS="--max-new-tokens 1024".
+BENCH_ARGS ?= --limit 2 --max-new-tokens 64
+BENCH_OUT ?= bench-report
+
+.PHONY: bench
+bench: $(STAMP) $(ENGINE)/manifest.json
+	$(VENV)/bin/kangaroo-bench --engine-dir $(ENGINE) $(BENCH_ARGS) --out $(BENCH_OUT)

@@ -82,6 +82,12 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         f"**{_num(o['mean_accepted'])} tokens per deep pass** (#MAT), {o['questions']} questions "
         f"({o['turns']} turns, {o['new_tokens']} new tokens per method). {equality_line(report)}.", "",
     ]
+    baseline = st.get("baseline")
+    if baseline:
+        lines += [f"Baseline `{baseline}` (transformers `generate`, PyTorch fp32, greedy, same prompt ids): "
+                  f"{_num(o[f'{baseline}_tokens_per_s'], '{:.1f}')} tok/s; its tokens "
+                  f"equal AR's on {o[f'{baseline}_matches_ar_turns']} of {o['turns']} turns (informational: another "
+                  "runtime may break near-ties differently).", ""]
     if report["progress"]["interrupted"]:
         lines += [f"Interrupted (Ctrl-C): {report['progress']['finished']} of {report['progress']['selected']} "
                   "selected questions ran; the numbers cover those only.", ""]
