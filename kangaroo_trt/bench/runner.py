@@ -105,6 +105,7 @@ class BenchRunner:
             self.baseline.generate(ids, budget)
 
     def run_question(self, question: Question) -> QuestionRun:
+        """All turns of a question; skipped whole if a turn's prompt does not fit the engine's cache."""
         run, messages = QuestionRun(question), []
         for number, text in enumerate(question.turns, start=1):
             messages.append({"role": "user", "content": text})
@@ -132,6 +133,7 @@ class BenchRunner:
         return TurnRun(results, compare_outputs(results["kangaroo"], results["ar"]))
 
     def _generate(self, mode: str, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
+        # Both modes record margins (one top-2 per committed token), so the cost is the same on both sides.
         return self.engine.generate(prompt_ids=prompt_ids, mode=mode, gamma=self.decode.gamma, tau=self.decode.tau,
                                     max_new_tokens=max_new_tokens, record_margins=True)
 
