@@ -1,0 +1,73 @@
+"""``kangaroo-train``: train a Kangaroo adapter for a (frozen) target model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import quiet_libraries, user_errors
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@click.command()
+@click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="JSONL (ShareGPT conversations, messages, prompt[/response] or text lines) or a ShareGPT JSON dump.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Adapter directory to write.")
+@click.option("--exit-layer", type=int, default=2, show_default=True, help="Shallow layers before the early exit.")
+@click.option("--self-distill/--no-self-distill", default=True, show_default=True,
+              help="Generate the responses greedily with the target itself (else train on the data's responses).")
+@click.option("--max-examples", type=int, default=512, show_default=True)
+@click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts are left out.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Response length cap.")
+@click.option("--top-k", type=int, default=32, show_default=True, help="Teacher probabilities kept per position.")
+@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--sequences-per-step", type=int, default=8, show_default=True)
+@click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
+@click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
+              help="copy: start from the target's layer-EXIT_LAYER attention and final norm.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
+              help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions].")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed records instead of stopping at the first.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="PyTorch CPU threads [PyTorch default].")
+@user_errors
+def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
+         lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, device, threads) -> None:
+    """Train the adapter (target frozen) on the paper's objective and write OUT with a TRAINING_CARD.md.
+
+    Interrupted runs resume from OUT's checkpoint and the cached teacher features.
+    """
+    quiet_libraries()
+    from ..train.cache import FeatureSettings
+    from ..train.pipeline import DataSource, default_exclude, train_adapter
+    from ..train.trainer import TrainConfig
+
+    set_threads(threads)
+    source = DataSource(data, tuple(exclude) or default_exclude(), skip_bad_lines)
+    settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
+    config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
+                         heldout_fraction=heldout_fraction, init=init, seed=seed)
+    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), log=click.echo)
+
+
+if __name__ == "__main__":
+    main()

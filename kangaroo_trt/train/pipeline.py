@@ -1,0 +1,74 @@
+"""``train_adapter``: data file -> teacher features (cached) -> trained adapter directory with its card.
+
+This is the Python API behind ``kangaroo-train``; ``kangaroo-tune`` calls it once per candidate exit layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..bundled import resolve_model
+from ..model.weights import save_adapter
+from .card import write_card
+from .cache import FeatureCache, FeatureSettings, build_features
+from .data import BenchmarkFilter, read_examples
+from .trainer import TrainConfig, TrainResult, finish, train
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where training examples come from and what must never be trained on."""
+
+    path: Path
+    exclude: tuple[Path, ...] = ()  # benchmark question files (Spec-Bench / MT-Bench format or ours)
+    skip_bad: bool = False  # skip malformed records instead of failing on the first one
+
+
+def default_exclude() -> tuple[Path, ...]:
+    """The Spec-Bench questions shipped with the package (they include the 80 MT-Bench questions)."""
+    from ..bench.questions import default_questions_path
+
+    path = default_questions_path()
+    return (path,) if path.is_file() else ()
+
+
+def prepare_features(model: str, source: DataSource, settings: FeatureSettings, exit_layers: tuple[int, ...],
+                     cache_dir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
+                     ) -> tuple[Path, FeatureCache, dict]:
+    """Read and filter the data, then build (or reuse) the teacher features; returns (model dir, cache, data summary)."""
+    model_dir = resolve_model(model)
+    exclude = BenchmarkFilter.from_files(list(source.exclude)) if source.exclude else None
+    examples = read_examples(source.path, skip_bad=source.skip_bad, exclude=exclude, warn=log)
+    cache = build_features(model_dir, examples, settings, exit_layers, cache_dir, device, log)
+    summary = {"file": Path(source.path).name, "usable_records": len(examples),
+               "benchmark_prompts_excluded_from": [p.name for p in source.exclude],
+               "examples": cache.meta["examples"], "features": str(cache.directory)}
+    return model_dir, cache, summary
+
+
+def train_adapter(model: str, source: DataSource, out: Path, config: TrainConfig,
+                  settings: FeatureSettings = FeatureSettings(), cache_dir: Path | None = None, device: str = "cpu",
+                  extra_exit_layers: tuple[int, ...] = (), decode: dict | None = None,
+                  log: Callable[[str], None] = print) -> TrainResult:
+    """Train an adapter for ``model`` and write it (+ TRAINING_CARD.md) to ``out``."""
+    start = time.perf_counter()
+    layers = tuple(sorted({config.exit_layer, *extra_exit_layers}))
+    model_dir, cache, data = prepare_features(model, source, settings, layers, cache_dir, device, log)
+    features = cache.load(config.exit_layer)
+    result = train(model_dir, features, config, Path(out), device, log, features_key=cache.meta["key"])
+    meta = {"model": model, "training": {
+        "data": data, "teacher": dataclasses.asdict(settings), "train": dataclasses.asdict(config),
+        "steps": result.steps, "train_seconds": round(result.seconds, 1),
+        "total_seconds": round(time.perf_counter() - start, 1), "device": device,
+        "train_tokens": result.train_tokens, "heldout_tokens": result.heldout_tokens, "history": result.history}}
+    if decode:
+        meta["decode"] = decode
+    save_adapter(result.modules, out, meta)
+    write_card(Path(out))
+    finish(Path(out))
+    log(f"adapter written to {out}")
+    return result

@@ -1,0 +1,190 @@
+"""Adapter training on tiny random models: data errors, loss falls, determinism, resume, CLI, card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kangaroo_trt.errors import ConfigError
+from kangaroo_trt.train.cache import FeatureSettings, build_features
+from kangaroo_trt.train.data import BenchmarkFilter, DataError, read_examples
+from kangaroo_trt.train import trainer as trainer_module
+from kangaroo_trt.train.trainer import TrainConfig, train
+
+TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "kangaroo decoding drafts with shallow layers " * 3,
+         "hello world, this is a tiny tokenizer for tests 0123456789 " * 2, "def add(a, b):\n    return a + b\n" * 3]
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Training here is many tiny ops: one thread avoids oversubscription on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny GQA model with a chat template, so prompts can be self-distilled."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("chat-model")
+    shutil.copytree(tiny_model("llama-gqa-tied"), directory, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def features(chat_model, tmp_path_factory):
+    """Self-distilled features of 24 prompts at exit layers 1 and 2 (built once)."""
+    records = [{"conversations": [{"from": "human", "value": f"{TEXTS[i % 4][:20 + i]} {i}"},
+                                  {"from": "gpt", "value": "ignored: self-distilled"}]} for i in range(24)]
+    data = write_jsonl(tmp_path_factory.mktemp("data") / "chat.jsonl", records)
+    settings = FeatureSettings(max_examples=24, max_new_tokens=12, top_k=8, batch_size=8)
+    cache = build_features(chat_model, read_examples(data), settings, (1, 2),
+                           tmp_path_factory.mktemp("features"), log=lambda _: None)
+    return cache
+
+
+FAST = dict(exit_layer=2, epochs=3, lr=1e-2, warmup_steps=2, sequences_per_step=4, heldout_fraction=0.25)
+
+
+# --- data -----------------------------------------------------------------------------------------------
+def test_malformed_jsonl_names_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, "{not json", {"prompt": "fine too"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
+        read_examples(path)
+    assert len(read_examples(path, skip_bad=True, warn=lambda _: None)) == 2
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"foo": 1}, "no 'conversations', 'messages', 'prompt' or 'text' field"),
+    ({"prompt": ""}, "'prompt' must be a non-empty string"),
+    ({"conversations": [{"from": "robot", "value": "x"}]}, "turn 0 has unknown role 'robot'"),
+    ({"messages": [{"role": "user"}]}, "turn 0 must be an object"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_malformed_records_say_what_is_wrong(tmp_path, record, message):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "ok"}, record])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: " + message.replace("(", r"\(").replace(")", r"\)")):
+        read_examples(path)
+
+
+def test_truncated_sharegpt_dump_and_benchmark_filter(tmp_path):
+    conv = lambda q, a: {"id": q[:3], "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}  # noqa: E731
+    full = json.dumps([conv("Why is the sky blue today, friend?", "Rayleigh."), conv("Name three primes, please.", "2, 3, 5")], indent=1)
+    path = tmp_path / "dump.json"
+    path.write_text(full[: full.rindex("2, 3")])  # cut inside the second record
+    examples = read_examples(path)
+    assert [e.user_turns for e in examples] == [["Why is the sky blue today, friend?"]]
+    assert examples[0].response == "Rayleigh."
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "category": "qa", "turns": ["why is the SKY blue today,  friend?"]}])
+    with pytest.raises(DataError, match="no usable records"):
+        read_examples(path, exclude=BenchmarkFilter.from_files([questions]), warn=lambda _: None)
+
+
+# --- teacher features --------------------------------------------------------------------------------------
+def test_features_match_the_export_graphs(chat_model, features):
+    """Cached h_l equals the shallow graph's output, and the teacher's top-1 is the next (greedy) token."""
+    from kangaroo_trt.model.weights import build_modules
+
+    modules = build_modules(chat_model, None, 2)
+    seq = features.load(2)[0]
+    ids = seq.input_ids.long()[None]
+    spec = modules.model_spec
+    empty = [torch.zeros(1, spec.num_kv_heads, 0, spec.head_dim)] * 4
+    hidden = modules.shallow(ids, torch.arange(ids.shape[1])[None], *empty)[0][0, :-1]
+    assert torch.allclose(hidden, seq.hidden[2].float(), atol=2e-2, rtol=1e-2)
+    assert torch.equal(seq.topk_ids[:, 0].long(), ids[0, seq.prompt_len:])
+
+
+# --- training ----------------------------------------------------------------------------------------------
+def test_loss_falls_and_metrics_rise(chat_model, features, tmp_path):
+    config = TrainConfig(**{**FAST, "epochs": 8})
+    sequences = features.load(2)
+    result = train(chat_model, sequences, config, tmp_path, log=lambda _: None)
+    train_set, heldout = trainer_module.split(sequences, config.heldout_fraction)
+    before = trainer_module.evaluate(_fresh(chat_model, 2), train_set)
+    after = trainer_module.evaluate(result.modules, train_set)
+    assert after["loss"] < before["loss"] - 0.3, (before, after)
+    assert after["acceptance"] > before["acceptance"] and after["top1"] > before["top1"]
+    assert result.history[-1]["heldout"]["loss"] < trainer_module.evaluate(_fresh(chat_model, 2), heldout)["loss"]
+    assert len(result.history) == 8 and result.steps == 8 * 5
+
+
+def _fresh(model_dir, exit_layer):
+    from kangaroo_trt.model.weights import build_modules
+
+    modules = build_modules(model_dir, None, exit_layer)
+    trainer_module.init_adapter(modules, "copy", 0)
+    return modules
+
+
+def _adapter_state(result):
+    return {k: v.clone() for k, v in result.modules.adapter.state_dict().items()}
+
+
+def test_same_seed_same_adapter_and_resume_matches(chat_model, features, tmp_path, monkeypatch):
+    config = TrainConfig(**{**FAST, "epochs": 2, "checkpoint_every": 1})
+    a = _adapter_state(train(chat_model, features.load(2), config, tmp_path / "a", log=lambda _: None))
+    b = _adapter_state(train(chat_model, features.load(2), config, tmp_path / "b", log=lambda _: None))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    real_step, calls = trainer_module._step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(chat_model, features.load(2), config, tmp_path / "c", log=lambda _: None)
+    monkeypatch.setattr(trainer_module, "_step", real_step)
+    other = TrainConfig(**{**FAST, "epochs": 2, "checkpoint_every": 1, "seed": 1})
+    with pytest.raises(ConfigError, match="other settings"):
+        train(chat_model, features.load(2), other, tmp_path / "c", log=lambda _: None)
+    logs = []
+    c = _adapter_state(train(chat_model, features.load(2), config, tmp_path / "c", log=logs.append))
+    assert any("resuming" in line and "at step 3" in line for line in logs)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cli_writes_a_loadable_adapter_with_card(chat_model, tmp_path):
+    from kangaroo_trt.cli.train_cli import main
+    from kangaroo_trt.model.weights import build_modules, load_adapter
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in TEXTS * 3])
+    out = tmp_path / "adapter"
+    args = ["--model", str(chat_model), "--data", str(data), "--out", str(out), "--exit-layer", "1", "--epochs", "1",
+            "--max-new-tokens", "16", "--top-k", "4", "--sequences-per-step", "2", "--heldout-fraction", "0.2",
+            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    checkpoint = load_adapter(out)
+    assert checkpoint.exit_layer == 1 and checkpoint.meta["training"]["steps"] == 5
+    build_modules(chat_model, checkpoint, 1)  # every key and shape fits the model
+    card = (out / "TRAINING_CARD.md").read_text()
+    assert "exit layer 1" in card and "top-1 agreement" in card
+    assert not (out / trainer_module.STATE_FILE).exists()
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"prompt": 3}])
+    result = CliRunner().invoke(main, args[:2] + ["--data", str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "bad.jsonl:2: 'prompt' must be a non-empty string" in result.output
