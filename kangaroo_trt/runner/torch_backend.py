@@ -63,6 +63,7 @@ def rebuild_modules(graphs: dict[str, tuple[Path, GraphSpec]]):
     if "adapter_dir" not in info:
         raise EngineDirError(f"{ref.directory} does not store its adapter (built by an older kangaroo-trt): "
                              "rebuild it with kangaroo-export build to use the PyTorch backend")
+    ref.manifest.verify_files(ref.directory, (info["adapter_dir"] + "/",))
     try:
         model_dir = resolve_model(info["source_model"])
     except Exception as err:  # a moved local directory, or a bundled package that is not installed
