@@ -138,6 +138,9 @@ class AdapterSpec:
     head_dim: int
     rms_norm_eps: float
     attention_bias: bool = False
+    # 0: the draft head is the target's full LM head. K > 0: it keeps only K rows (the tokens in the adapter's
+    # `draft_vocab`), which makes a draft step cheaper; the deep graph still verifies over the full vocabulary.
+    draft_vocab_size: int = 0
 
     @property
     def kv_groups(self) -> int:

@@ -164,3 +164,40 @@ def test_adapter_cache_after_lagging_rounds_matches_a_fresh_pass(oracle_engine):
     for name, rows in kept.items():
         err = np.abs(rows - decoder.adapter.caches[name][:, :, :valid]).max()
         assert err < 1e-4, f"adapter cache {name} differs from a fresh pass by {err:.2e}"
+
+
+def test_restricted_draft_vocabulary_stays_lossless(tiny_model, tmp_path):
+    """A draft head over the most frequent tokens only: cheaper drafts, same output (deep verifies everything)."""
+    from kangaroo_trt.model.weights import restrict_draft_vocab
+
+    directory = tiny_model("qwen2-bias-gqa")
+    spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)))
+    full = _engine(directory, tmp_path / "full")
+    prompts = _prompts(full.manifest.model.vocab_size)
+    ar_runs = [full.generate(prompt_ids=p, mode="ar", max_new_tokens=24, record_margins=True) for p in prompts]
+    counts = torch.zeros(full.manifest.model.vocab_size)
+    for run in ar_runs:
+        counts.index_add_(0, torch.tensor(run.output_ids), torch.ones(len(run.output_ids)))
+    adapter = restrict_draft_vocab(random_adapter(spec, seed=2), counts, 40)
+    small = _engine(directory, tmp_path / "small", adapter)
+    assert small.manifest.adapter.draft_vocab_size == 40
+    top = set(torch.topk(counts, 40).indices.tolist())
+    ties = NearTies()
+    for prompt, ar in zip(prompts, ar_runs):
+        kg = small.generate(prompt_ids=prompt, mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=24)
+        ties.check(ar, kg, "restricted draft vocabulary")
+    draft_ids = set()
+    decoder = small.decoder
+    original = decoder._adapter
+
+    def spy(hidden, start):
+        draft, confidence = original(hidden, start)
+        draft_ids.add(draft)
+        return draft, confidence
+
+    decoder._adapter = spy
+    try:
+        small.generate(prompt_ids=prompts[2], mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=12)
+    finally:
+        decoder._adapter = original
+    assert draft_ids and draft_ids <= top, "drafts must come from the restricted vocabulary"

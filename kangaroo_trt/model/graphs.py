@@ -72,22 +72,34 @@ class AdapterLayer(nn.Module):
 
 
 class AdapterGraph(nn.Module):
-    """Second early exit: adapter layer + its own RMSNorm_2 + the target's (frozen) LM head."""
+    """Second early exit: adapter layer + its own RMSNorm_2 + the target's (frozen) LM head.
+
+    With ``spec.draft_vocab_size = K`` the head keeps only the K rows of ``draft_vocab`` (sorted token ids):
+    drafts are argmaxes over those tokens, mapped back to full-vocabulary ids, and the confidence is the
+    softmax over those K logits. Drafting gets cheaper; verification (the deep graph) is unchanged.
+    """
 
     def __init__(self, model: ModelSpec, spec: AdapterSpec) -> None:
         super().__init__()
         self.rotary = Rotary(model.rope_inv_freq, model.rope_scaling)
         self.layers = nn.ModuleDict({"0": AdapterLayer(spec)})
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.lm_head = nn.Linear(model.hidden_size, model.vocab_size, bias=False)
+        self.lm_head = nn.Linear(model.hidden_size, spec.draft_vocab_size or model.vocab_size, bias=False)
+        if spec.draft_vocab_size:
+            self.register_buffer("draft_vocab", torch.zeros(spec.draft_vocab_size, dtype=torch.int64))
+        else:
+            self.draft_vocab = None
 
     def logits(self, hidden, position_ids, *past):
+        """Head logits (over ``draft_vocab`` when restricted) and the new cache rows."""
         x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, past)
         return self.lm_head(self.norm(x)).float(), present
 
     def forward(self, hidden, position_ids, past_key, past_value):
         logits, present = self.logits(hidden, position_ids, past_key, past_value)
         draft_ids, draft_confidence = _greedy_head(logits)
+        if self.draft_vocab is not None:
+            draft_ids = self.draft_vocab[draft_ids]  # head row -> token id
         return (draft_ids, draft_confidence, *present)
 
 

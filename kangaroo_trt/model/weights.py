@@ -52,7 +52,7 @@ def target_name_table(spec: ModelSpec, exit_layer: int) -> dict[str, list[str]]:
             table[f"model.layers.{i}.{key}"] = [f"{graph}.layers.{i}.{key}"]
     table["model.norm.weight"] = ["deep.norm.weight"]
     head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
-    table.setdefault(head, []).extend(["deep.lm_head.weight", "adapter.lm_head.weight"])
+    table.setdefault(head, []).append("deep.lm_head.weight")
     return table
 
 
@@ -62,6 +62,8 @@ def adapter_name_table(spec: AdapterSpec) -> dict[str, list[str]]:
         table[f"layers.0.self_attn.{p}_proj.weight"] = [f"adapter.layers.0.self_attn.{p}_proj.weight"]
     for p in "qkv" if spec.attention_bias else "":
         table[f"layers.0.self_attn.{p}_proj.bias"] = [f"adapter.layers.0.self_attn.{p}_proj.bias"]
+    if spec.draft_vocab_size:
+        table["draft_vocab"] = ["adapter.draft_vocab"]
     return table
 
 
@@ -171,6 +173,17 @@ def save_adapter(modules: KangarooModules, path: Path, meta: dict[str, Any] | No
     (path / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def restrict_draft_vocab(adapter: AdapterCheckpoint, token_counts: torch.Tensor, size: int) -> AdapterCheckpoint:
+    """The same adapter with a draft head over the ``size`` most frequent tokens of ``token_counts`` [vocab]."""
+    from dataclasses import replace
+
+    if not 0 < size <= token_counts.numel():
+        raise ConfigError(f"draft vocabulary size must lie in [1, {token_counts.numel()}], got {size}")
+    vocab = torch.sort(torch.topk(token_counts.double(), size).indices).values.to(torch.int64)
+    tensors = {**{k: v for k, v in adapter.tensors.items() if k != "draft_vocab"}, "draft_vocab": vocab}
+    return AdapterCheckpoint(replace(adapter.spec, draft_vocab_size=size), tensors, adapter.exit_layer, dict(adapter.meta))
+
+
 def random_adapter(spec: AdapterSpec, seed: int = 0, std: float = 0.02) -> AdapterCheckpoint:
     """A randomly initialised adapter: correct graphs, useless drafts (it will not speed anything up)."""
     gen = torch.Generator().manual_seed(seed)
@@ -203,7 +216,15 @@ def build_modules(model_dir: Path, adapter: AdapterCheckpoint | None, exit_layer
     allowed = {"lm_head.weight"} if spec.tie_word_embeddings else set()
     state = _apply(target_name_table(spec, exit_layer), tensors, expected, f"target model {model_dir}", allowed)
     state.update(_apply(adapter_name_table(adapter.spec), adapter.tensors, expected, "adapter"))
-    modules.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    head = state["deep.lm_head.weight"]
+    if adapter.spec.draft_vocab_size:
+        vocab = state["adapter.draft_vocab"]
+        if not (bool((vocab[1:] > vocab[:-1]).all()) and 0 <= int(vocab[0]) and int(vocab[-1]) < spec.vocab_size):
+            raise WeightsError(f"adapter draft_vocab must be strictly increasing token ids below {spec.vocab_size}")
+        head = head[vocab]
+    state["adapter.lm_head.weight"] = head  # the draft head is the target's own (rows of it when restricted)
+    modules.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+                            strict=True, assign=True)
     # Non-persistent buffers (rotary tables) were created on the meta device: rebuild them for real.
     for graph in modules.graphs().values():
         graph.rotary.inv_freq = torch.tensor(spec.rope_inv_freq, dtype=torch.float32)
