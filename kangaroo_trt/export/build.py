@@ -155,7 +155,7 @@ def _int8(modules, spec: ModelSpec, adapter: AdapterCheckpoint, export: ExportCo
         base = tmp
     try:
         result = build_int8({g: (base / e.file, e.spec) for g, e in fp32.items()}, tmp / "onnx" / "int8",
-                            _tokenizer(model_dir), eos, export.prefill_chunk, log=log)
+                            _tokenizer(model_dir), eos, export.prefill_chunk, modules=modules, opset=export.opset, log=log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     specs = graph_specs(spec, adapter.spec, export, "int8")
