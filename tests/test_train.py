@@ -188,3 +188,27 @@ def test_cli_writes_a_loadable_adapter_with_card(chat_model, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"prompt": 3}])
     result = CliRunner().invoke(main, args[:2] + ["--data", str(bad), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "bad.jsonl:2: 'prompt' must be a non-empty string" in result.output
+
+
+def test_tune_sweeps_on_onnx_runtime_and_writes_defaults(chat_model, tmp_path, monkeypatch):
+    """Two candidate exit layers and a 2 x 2 gamma/tau grid on real ORT engines; outputs must equal AR."""
+    from kangaroo_trt.cli.tune_cli import main
+    from kangaroo_trt.model.weights import load_adapter
+
+    monkeypatch.setenv("KANGAROO_TRT_CACHE", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{TEXTS[i % 4][:12 + i]} {i}"} for i in range(20)])
+    out = tmp_path / "adapter"
+    result = CliRunner().invoke(main, [
+        "--model", str(chat_model), "--data", str(data), "--adapter", str(out), "--exit-layers", "1,2",
+        "--gammas", "2,3", "--taus", "0.2,0.6", "--prompts", "2", "--max-new-tokens", "12", "--max-examples", "20",
+        "--epochs", "1", "--heldout-fraction", "0.2", "--device", "cpu", "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    checkpoint = load_adapter(out)
+    tuning = checkpoint.meta["tuning"]
+    assert [r["exit_layer"] for r in tuning["exit_layer_rows"]] == [1, 2]
+    assert checkpoint.exit_layer in (1, 2) and len(tuning["rows"]) == 4
+    best = max(tuning["rows"], key=lambda r: r["speedup"])
+    assert checkpoint.meta["decode"] == {"gamma": best["gamma"], "tau": best["tau"]}
+    assert tuning["mismatched_outputs"] == 0
+    assert all(r["mean_accepted"] >= 1.0 and r["ar_tok_s"] > 0 for r in tuning["rows"])
+    assert "| exit layer | gamma | tau |" in (out / "TRAINING_CARD.md").read_text()

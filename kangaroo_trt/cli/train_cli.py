@@ -37,7 +37,7 @@ def set_threads(threads: int | None) -> None:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Response length cap.")
 @click.option("--top-k", type=int, default=32, show_default=True, help="Teacher probabilities kept per position.")
 @click.option("--epochs", type=int, default=4, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=2e-2, show_default=True)
 @click.option("--sequences-per-step", type=int, default=8, show_default=True)
 @click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,

@@ -57,6 +57,9 @@ def write_card(adapter_dir: Path) -> Path:
     tuning = meta.get("tuning")
     if tuning:
         lines += ["## Tuning (ONNX Runtime CPU, greedy, " + tuning["prompts"] + ")", ""]
+        if tuning.get("exit_layer_rows"):
+            lines += ["Exit layers, each after a short training run, at the default gamma/tau:", ""]
+            lines += tuning_table(tuning["exit_layer_rows"]) + ["", "gamma / tau on the chosen exit layer:", ""]
         lines += tuning_table(tuning["rows"])
         lines += ["", f"Chosen: {tuning['chosen']}", ""]
     evaluation = meta.get("evaluation")
@@ -73,4 +76,4 @@ def write_card(adapter_dir: Path) -> Path:
 def tuning_table(rows: list[dict]) -> list[str]:
     return _table(rows, [("exit_layer", "exit layer"), ("gamma", "gamma"), ("tau", "tau"),
                          ("mean_accepted", "mean accepted / deep pass"), ("kangaroo_tok_s", "Kangaroo tok/s"),
-                         ("ar_tok_s", "AR tok/s"), ("speedup", "speedup")])
+                         ("ar_tok_s", "AR tok/s"), ("speedup", "speedup"), ("mismatches", "outputs != AR")])

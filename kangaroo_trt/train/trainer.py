@@ -39,7 +39,7 @@ class TrainConfig:
 
     exit_layer: int = 2
     epochs: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-2
     warmup_steps: int = 20
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)  # the paper's AdamW betas

@@ -1,0 +1,74 @@
+"""``kangaroo-tune``: choose exit layer, gamma and tau by timing ONNX Runtime engines against AR decoding."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from .common import quiet_libraries, user_errors
+from .train_cli import pick_device, set_threads
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+@click.command()
+@click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Training data as for kangaroo-train (validation prompts are its held-out split).")
+@click.option("--adapter", "out", required=True, type=click.Path(path_type=Path),
+              help="Adapter directory: written (with --exit-layers) or tuned in place.")
+@click.option("--exit-layers", default="", help="Candidate exit layers, e.g. 2,4,6 (each trained briefly) [keep the adapter's].")
+@click.option("--candidate-epochs", type=int, default=1, show_default=True, help="Training epochs per candidate exit layer.")
+@click.option("--gammas", default="3,4,5,6,7", show_default=True)
+@click.option("--taus", default="0.3,0.5,0.7", show_default=True)
+@click.option("--prompts", type=int, default=6, show_default=True, help="Validation prompts (held-out).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--runtime-threads", type=int, default=1, show_default=True, help="ONNX Runtime threads for both modes.")
+@click.option("--workdir", type=click.Path(path_type=Path), help="Candidate adapters and engines [a temporary directory].")
+# Training and data settings: the same options and defaults as kangaroo-train.
+@click.option("--max-examples", type=int, default=512, show_default=True)
+@click.option("--max-prompt-tokens", type=int, default=256, show_default=True)
+@click.option("--top-k", type=int, default=32, show_default=True)
+@click.option("--epochs", type=int, default=4, show_default=True, help="Epochs for the chosen exit layer.")
+@click.option("--lr", type=float, default=2e-2, show_default=True)
+@click.option("--sequences-per-step", type=int, default=8, show_default=True)
+@click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
+              help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="PyTorch CPU threads for training [PyTorch default].")
+@user_errors
+def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts, max_new_tokens, runtime_threads,
+         workdir, max_examples, max_prompt_tokens, top_k, epochs, lr, sequences_per_step, heldout_fraction, seed,
+         exclude, device, threads) -> None:
+    """Sweep exit layers (optional) and gamma x tau; print the table and write the winner into the adapter."""
+    quiet_libraries()
+    from ..train.cache import FeatureSettings
+    from ..train.pipeline import DataSource, default_exclude
+    from ..train.trainer import TrainConfig
+    from ..train.tune import SweepConfig, tune
+
+    set_threads(threads)
+    source = DataSource(data, tuple(exclude) or default_exclude())
+    settings = FeatureSettings(True, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
+    config = TrainConfig(epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
+                         heldout_fraction=heldout_fraction, seed=seed)
+    sweep = SweepConfig(_ints(exit_layers), candidate_epochs, _ints(gammas), _floats(taus), prompts, max_new_tokens,
+                        threads=runtime_threads)
+    if pick_device(device) != "cpu":
+        click.echo("note: training runs on the GPU; the timed engines are ONNX Runtime CPU", err=True)
+    with tempfile.TemporaryDirectory(prefix="kangaroo-tune-") as tmp:
+        tune(model, source, out, config, settings, sweep, workdir or Path(tmp), pick_device(device), log=click.echo)
+
+
+if __name__ == "__main__":
+    main()
