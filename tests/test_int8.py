@@ -95,10 +95,16 @@ def test_int8_differs_from_fp32_but_stays_close(int8_engine):
     assert 0 < err < 0.25 * float(np.abs(a).max())
 
 
-def test_int8_without_fp32_uses_a_scratch_export(tiny_model, tmp_path):
+def test_cli_int8_without_fp32_uses_a_scratch_export(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from kangaroo_trt.cli.export_cli import main
+
     out = tmp_path / "engine"
-    build_engine_dir(str(tiny_model("qwen2-bias-gqa")), out, ExportConfig(max_seq_len=64, prefill_chunk=16,
-                     precisions=("int8",), tensorrt="off"), allow_random_adapter=True, log=lambda _: None)
+    result = CliRunner().invoke(main, ["build", "--model", str(tiny_model("qwen2-bias-gqa")), "--out", str(out),
+                                       "--random-adapter", "--max-seq-len", "64", "--precision", "int8", "--tensorrt", "off"])
+    assert result.exit_code == 0, result.output
+    assert "int8 top-1 agreement" in result.output
     manifest = Manifest.read(out)
     assert manifest.precisions == ["int8"]
     assert not (out / "onnx" / "fp32").exists() and not any(p.name.startswith(".") for p in out.rglob("*"))
