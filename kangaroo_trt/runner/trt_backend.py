@@ -99,7 +99,6 @@ class TrtGraphRunner(GraphRunner):
             raise BackendError(f"TensorRT failed to run the {self.spec.name} graph (n={n}): see the TensorRT log")
 
     def _run(self, feeds, start, n):
-        cp = self._cp
         profile = pick(self._profiles, n)
         views = self._views(n)
         with self._stream:
