@@ -50,6 +50,7 @@ def test_manifest_lists_int8_graphs_and_report(int8_engine):
 
 
 def test_only_linear_projections_are_quantized_symmetric_per_channel(int8_engine):
+    """shallow / adapter: W8A8 (per-tensor activations); deep: weight-only, no activation Q/DQ at all."""
     out, _ = int8_engine
     for g in GRAPHS:
         model = _load(out / "onnx" / "int8" / f"{g}.onnx")
@@ -57,14 +58,20 @@ def test_only_linear_projections_are_quantized_symmetric_per_channel(int8_engine
         producers = {o: n for n in model.graph.node for o in n.output}
         matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
         quantized = [n for n in matmuls if n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear"]
-        expected = {"shallow": 2 * 6, "adapter": 4, "deep": 2 * 6}[g]  # 2 layers x (q,k,v,o,gate,up); adapter q,k,v,o
+        # shallow: 2 layers x (q,k,v,o,gate,up); adapter: q,k,v,o; deep: 2 layers x all seven, weight-only
+        expected = {"shallow": 2 * 6, "adapter": 4, "deep": 2 * 7}[g]
         assert len(quantized) == expected, g
+        if g == "deep":
+            assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
         for node in quantized:
-            assert "lm_head" not in node.name and "down_proj" not in node.name  # kept fp32 (calib/quantize.py)
+            assert "lm_head" not in node.name  # kept fp32 (calib/quantize.py)
             dq = producers[node.input[1]]
             weight, scale, zero = (init[i] for i in dq.input)
             assert weight.dtype == np.int8 and zero.dtype == np.int8 and not zero.any()
             assert scale.shape == (weight.shape[1],)  # one scale per output channel
+            if g == "deep":
+                continue
+            assert "down_proj" not in node.name  # W8A8 keeps it fp32
             act = producers[node.input[0]]
             assert act.op_type == "DequantizeLinear" and init[act.input[1]].size == 1  # per-tensor activations
             assert not init[act.input[2]].any()  # symmetric

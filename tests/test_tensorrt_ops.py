@@ -40,7 +40,7 @@ def test_graph_uses_only_ops_tensorrt_parses(engine, precision, graph):
     path = out / Manifest.read(out).graphs[precision][graph].file
     assert check_onnx(path) == []
     ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    assert ("QuantizeLinear" in ops) == (precision == "int8")
+    assert ("DequantizeLinear" in ops) == (precision == "int8")
 
 
 def test_checker_rejects_what_tensorrt_would():

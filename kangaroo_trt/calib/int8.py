@@ -21,10 +21,12 @@ from ..export.spec import GraphSpec
 from .capture import capture
 from .prompts import CALIBRATION_PROMPTS, HELD_OUT_PROMPTS, HELD_OUT_TEXT
 from .quality import quality_report, summary
-from .quantize import KEEP_FP32, quantize_graph
+from .quantize import KEEP_FP32, quantize_graph, weight_only_graph
 from .smooth import ALPHA, smooth
 
 QUALITY_REPORT = "quality.json"
+# Graphs quantized weight-only (W8, fp32 activations); the others are W8A8. Why: see calib/quantize.py.
+WEIGHT_ONLY = ("deep",)
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,21 @@ def build_int8(fp32: dict[str, tuple[Path, GraphSpec]], out_dir: Path, tokenizer
     try:
         sources = {name: path for name, (path, _) in fp32.items()}
         if modules is not None:
-            smoothed = smooth(modules, samples, specs, alpha)
+            smoothed = smooth(modules, {g: s for g, s in samples.items() if g not in WEIGHT_ONLY}, specs, alpha)
             scratch.mkdir(exist_ok=True)
             vocab = modules.model_spec.vocab_size
             for name, spec in specs.items():
+                if name in WEIGHT_ONLY:
+                    continue
                 sources[name] = scratch / f"{name}.onnx"
                 export_graph(smoothed.graphs()[name], spec, sources[name], opset, vocab)
         paths, counts = {}, {}
         for name, spec in specs.items():
             paths[name] = out_dir / f"{name}.onnx"
+            if name in WEIGHT_ONLY:  # from the plain fp32 graph: nothing to smooth without activation scales
+                counts[name] = len(weight_only_graph(fp32[name][0], paths[name], spec))
+                log(f"quantized {name}: {counts[name]} MatMul weights int8 per channel, activations fp32 (weight-only)")
+                continue
             counts[name] = len(quantize_graph(sources[name], paths[name], spec, samples[name], method))
             log(f"quantized {name}: {counts[name]} MatMuls int8 (weights per channel, activations per tensor, symmetric"
                 f"{f', SmoothQuant alpha {alpha}' if modules is not None else ''})")
@@ -79,7 +87,7 @@ def build_int8(fp32: dict[str, tuple[Path, GraphSpec]], out_dir: Path, tokenizer
                             prefill_chunk, config)
     report.update({"calibration": {"tool": "onnxruntime.quantization.quantize_static (QDQ)", "method": method,
                                    "smoothquant_alpha": alpha if modules is not None else None,
-                                   "kept_fp32": list(KEEP_FP32),
+                                   "kept_fp32": list(KEEP_FP32), "weight_only": list(WEIGHT_ONLY),
                                    "prompts": len(CALIBRATION_PROMPTS),
                                    "samples": {g: len(s) for g, s in samples.items()}},
                    "quantized_matmuls": counts})
