@@ -3,7 +3,9 @@
 * ``quantize_graph`` (W8A8, calibrated on captured samples): int8 weights *and* activations;
 * ``weight_only_graph`` (W8, no calibration): int8 weights, fp32 activations (``DequantizeLinear`` on each
   projection weight only). For batch-1 decoding, which is bound by reading weights, this keeps most of
-  the INT8 gain on a GPU.
+  the INT8 gain on a GPU. TensorRT 10+ documents weight-only quantization as this pattern (constant int8
+  weight -> DequantizeLinear -> MatMul); not checked against a real TensorRT here (no GPU). ONNX Runtime
+  CPU runs it as DequantizeLinear + fp32 MatMul, i.e. slower than fp32 (measured in the quality report).
 
 Which graph gets which (``calib/int8.py``) follows from the lossless rule. A static activation scale turns
 a last-bit difference into a whole quantization step, and steps cascade through the layers. The deep graph
