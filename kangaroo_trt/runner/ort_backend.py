@@ -28,6 +28,11 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # ONNX Runtime fuses a weight-only INT8 MatMul (DequantizeLinear on a constant weight, our int8 deep graph)
+    # into MatMulNBits; at its default accuracy level it quantizes the activations to int8 on the fly, with
+    # a different result for n = 1 than for the same row inside n > 1 (0.47 in SmolLM2's logits), which
+    # breaks Kangaroo == AR. Level 1 computes in fp32: same numerics class as the fp32 graphs (2.6e-5).
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     if threads:
         options.intra_op_num_threads = threads
     try:
