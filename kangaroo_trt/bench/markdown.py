@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 
@@ -17,6 +16,24 @@ def _adapter_note(report: dict[str, Any]) -> str | None:
                 "rejected and no speedup is expected; this report shows the cost of drafting and the equality "
                 "check, not what a trained adapter achieves.")
     return None
+
+
+def adapter_summary(meta: dict[str, Any] | None) -> str:
+    """One line about the adapter from its metadata (the full metadata stays in report.json)."""
+    meta = meta or {}
+    if meta.get("source") == "random":
+        return f"random (seed {meta.get('seed', 'n/a')})"
+    training = meta.get("training") or {}
+    if not training:
+        return ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, (dict, list))) or "no metadata"
+    data, last = training.get("data") or {}, (training.get("history") or [{}])[-1]
+    parts = [f"trained on {data.get('examples', 'n/a')} examples of {data.get('file', 'n/a')}",
+             f"{training.get('steps', 'n/a')} steps"]
+    heldout = last.get("heldout") or {}
+    if "top1" in heldout:
+        parts.append(f"held-out top-1 agreement {heldout['top1']:.3f}, expected acceptance "
+                     f"{heldout.get('acceptance', float('nan')):.3f}")
+    return "; ".join(parts)
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -94,7 +111,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines += _md_table(table_header(report), table_rows(report)) + [""]
     lines += ["## Setting", ""] + _md_table(["", ""], [
         ["engine", f"`{e['directory']}`: exit layer {e['exit_layer']}, cache {e['max_seq_len']} positions"],
-        ["adapter", f"`{json.dumps(e['adapter'])}`"],
+        ["adapter", adapter_summary(e["adapter"])],
         ["decoding", f"greedy, batch 1, gamma {gamma}, tau {st['tau']}, max {st['max_new_tokens']} new tokens, "
                      f"prompts: {st['prompt_format']}"],
         ["questions", f"{st.get('questions', 'n/a')}; categories {', '.join(st.get('categories') or ['all'])}, "
