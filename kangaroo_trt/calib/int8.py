@@ -93,4 +93,7 @@ def build_int8(fp32: dict[str, tuple[Path, GraphSpec]], out_dir: Path, tokenizer
                    "quantized_matmuls": counts})
     (out_dir / QUALITY_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     log(summary(report))
+    if not report["lossless"]["int8"]:
+        log(f"warning: int8 Kangaroo != int8 AR on {len(report['mismatches']['int8'])} held-out prompts "
+            f"(first differences and logit margins in {QUALITY_REPORT}): do not serve these int8 graphs as lossless")
     return Int8Result(paths, counts, report)
