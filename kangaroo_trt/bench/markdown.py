@@ -111,7 +111,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines += _md_table(table_header(report), table_rows(report)) + [""]
     lines += ["## Setting", ""] + _md_table(["", ""], [
         ["engine", f"`{e['directory']}`: exit layer {e['exit_layer']}, cache {e['max_seq_len']} positions"],
-        ["adapter", adapter_summary(e["adapter"])],
+        ["adapter", adapter_summary(e["adapter"]) +
+         (f" (adapter.safetensors sha256 `{e['adapter_sha256'][:16]}`)" if e.get("adapter_sha256") else "")],
         ["decoding", f"greedy, batch 1, gamma {gamma}, tau {st['tau']}, max {st['max_new_tokens']} new tokens, "
                      f"prompts: {st['prompt_format']}"],
         ["questions", f"{st.get('questions', 'n/a')}; categories {', '.join(st.get('categories') or ['all'])}, "

@@ -36,6 +36,7 @@ def build_report(bench: BenchRun, engine, command: str | None = None, settings: 
             "directory": str(engine.directory),
             "source_model": manifest.info.get("source_model"),
             "adapter": manifest.info.get("adapter"),
+            "adapter_sha256": manifest.files.get("adapter/adapter.safetensors"),  # which weights, exactly
             "exit_layer": manifest.exit_layer,
             "max_seq_len": manifest.max_seq_len,
             "backend": engine.backend.name,
