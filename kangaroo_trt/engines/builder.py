@@ -29,8 +29,7 @@ from ..export.manifest import MANIFEST, GraphEntry, Manifest, sha256
 from .plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
 from .profiles import profiles
 
-INSTALL_HINT = ("TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and "
-                "driver); the ONNX graphs were written and run on ONNX Runtime")
+INSTALL_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
 WORKSPACE_BYTES = 4 << 30
 
 
@@ -147,7 +146,7 @@ def build_plans_if_available(root: Path, graphs: dict[str, dict[str, GraphEntry]
     if not tensorrt_available():
         if required:
             import_tensorrt()  # raises the one-line install hint
-        log(f"note: {INSTALL_HINT}")
+        log(f"note: {INSTALL_HINT}; wrote the ONNX graphs only (they run on ONNX Runtime)")
         return None
     return build_plans(root, graphs, export, log)
 
