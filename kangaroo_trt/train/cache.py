@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,6 +129,7 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     what = "self-distilling (greedy generation)" if settings.self_distill else "scoring responses"
     log(f"teacher features: {what} for {len(chosen)} examples into {cache.directory}")
+    start = time.perf_counter()
     for i, batch in enumerate(tqdm(batches, desc="teacher", unit="batch")):
         shard = cache.directory / f"shard-{i:05d}.pt"
         if shard.is_file():
@@ -141,6 +143,7 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
         torch.save([f.to_dict() for f in features], tmp)
         tmp.rename(shard)
     meta["complete"] = True
+    meta["build_seconds"] = round(time.perf_counter() - start, 1)  # of the last (possibly resumed) build
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return cache
 

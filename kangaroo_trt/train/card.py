@@ -35,7 +35,8 @@ def write_card(adapter_dir: Path) -> Path:
             f"- file: `{data['file']}` ({data['usable_records']} usable records); {data['examples']} examples selected "
             f"(seed {teacher['seed']}), first user turn as prompt (<= {teacher['max_prompt_tokens']} tokens)",
             f"- responses: {responses}, <= {teacher['max_new_tokens']} tokens; teacher top-{teacher['top_k']} kept",
-            f"- prompts of {', '.join(data['benchmark_prompts_excluded_from']) or 'no benchmark file'} were left out",
+            f"- left out: {data.get('benchmark_records_left_out', '?')} records containing a prompt of "
+            f"{', '.join(data['benchmark_prompts_excluded_from']) or 'no benchmark file'}",
             f"- {training['train_tokens']} training / {training['heldout_tokens']} held-out response tokens "
             f"({train['heldout_fraction']:.0%} of examples held out)",
             "",
@@ -44,8 +45,9 @@ def write_card(adapter_dir: Path) -> Path:
             f"target frozen, adapter init `{train['init']}`",
             f"- {train['epochs']} epochs, {training['steps']} steps of {train['sequences_per_step']} sequences, "
             f"AdamW {tuple(train['betas'])}, lr {train['lr']} (warm-up {train['warmup_steps']}, cosine), seed {train['seed']}",
-            f"- time: {training['train_seconds']:.0f} s training, {training['total_seconds']:.0f} s in all "
-            f"(incl. teacher features unless cached) on {training['device']}",
+            f"- time on {training['device']}: {training['train_seconds']:.0f} s training; teacher features "
+            f"(generation + hidden states) {data.get('teacher_seconds') or '?'} s when built, reused from cache here "
+            f"if {training['total_seconds']:.0f} s in all is less",
             "",
             "## Held-out metrics (per response token)",
             "",

@@ -169,6 +169,7 @@ class BenchmarkFilter:
 
     def __init__(self, prompts: list[str]) -> None:
         self.prompts = [p for p in {_normalise(p) for p in prompts} if len(p) >= 16]
+        self.hits = 0  # examples matched so far
 
     @classmethod
     def from_files(cls, paths: list[Path]) -> "BenchmarkFilter":
@@ -192,4 +193,6 @@ class BenchmarkFilter:
     def matches(self, example: Example) -> bool:
         """True if any benchmark prompt occurs inside the example's prompt or text."""
         body = _normalise(" ".join(example.user_turns + ([example.response] if not example.chat else [])))
-        return any(p in body for p in self.prompts)
+        hit = any(p in body for p in self.prompts)
+        self.hits += hit
+        return hit

@@ -45,8 +45,9 @@ def prepare_features(model: str, source: DataSource, settings: FeatureSettings, 
     examples = read_examples(source.path, skip_bad=source.skip_bad, exclude=exclude, warn=log)
     cache = build_features(model_dir, examples, settings, exit_layers, cache_dir, device, log)
     summary = {"file": Path(source.path).name, "usable_records": len(examples),
-               "benchmark_prompts_excluded_from": [p.name for p in source.exclude],
-               "examples": cache.meta["examples"], "features": str(cache.directory)}
+               "benchmark_prompts_excluded_from": [f"{p.parent.name}/{p.name}" for p in source.exclude],
+               "benchmark_records_left_out": exclude.hits if exclude else 0,
+               "examples": cache.meta["examples"], "teacher_seconds": cache.meta.get("build_seconds")}
     return model_dir, cache, summary
 
 

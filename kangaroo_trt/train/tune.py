@@ -111,6 +111,16 @@ def validation_prompts(model: str, source: DataSource, settings: FeatureSettings
     return [f.input_ids[:f.prompt_len].tolist() for f in heldout[:count]]
 
 
+def _trained_with(adapter_dir: Path, config: TrainConfig, settings: FeatureSettings) -> bool:
+    """True if ``adapter_dir`` holds a finished adapter trained with exactly these settings (a resumed sweep)."""
+    path = adapter_dir / ADAPTER_CONFIG
+    if not path.is_file():
+        return False
+    training = json.loads(path.read_text())["meta"].get("training", {})
+    return (training.get("train") == json.loads(json.dumps(dataclasses.asdict(config)))
+            and training.get("teacher") == dataclasses.asdict(settings))
+
+
 def update_meta(adapter_dir: Path, **fields) -> None:
     path = adapter_dir / ADAPTER_CONFIG
     cfg = json.loads(path.read_text())
@@ -129,8 +139,11 @@ def tune(model: str, source: DataSource, out: Path, config: TrainConfig, setting
         for layer in sweep.exit_layers:
             candidate = workdir / f"adapter-exit{layer}"
             short = dataclasses.replace(config, exit_layer=layer, epochs=sweep.candidate_epochs)
-            train_adapter(model, source, candidate, short, settings, device=device, extra_exit_layers=sweep.exit_layers,
-                          log=log)
+            if _trained_with(candidate, short, settings):
+                log(f"reusing {candidate}: trained with the same settings")
+            else:
+                train_adapter(model, source, candidate, short, settings, device=device,
+                              extra_exit_layers=sweep.exit_layers, log=log)
             prompts = validation_prompts(model, source, settings, config.heldout_fraction, layer, sweep.prompts, log)
             engine = _engine(model, candidate, workdir / f"engine-exit{layer}", sweep, log)
             ar, results = measure(engine, prompts, [(default.gamma, default.tau)], sweep.max_new_tokens, sweep.threads)
