@@ -2,8 +2,8 @@
 
     python scripts/gpu_check.py [--model smollm2-135m] [--precisions fp32,fp16] [--max-new-tokens 64] [--out DIR]
 
-Builds one engine directory (random adapter unless the model ships one: the check is about exactness and
-per-backend speed, not about the adapter's acceptance), then, for every backend that is available here
+Builds one engine directory (with the model's shipped adapter, else a random one: then expect no speedup),
+then, for every backend that is available here
 (tensorrt, onnxruntime-cuda, torch-cuda, and onnxruntime-cpu as the baseline) and every precision it can
 run, generates each prompt with AR and with Kangaroo and prints tokens/s, the speedup, tokens per deep pass,
 and whether Kangaroo's tokens equal AR's. Exits 1 if any pair differs. Not run in this project yet (no GPU).
@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from kangaroo_trt.config import ExportConfig
+    from kangaroo_trt.config import DecodeConfig, ExportConfig
     from kangaroo_trt.export.build import build_engine_dir
     from kangaroo_trt.runner.api import KangarooEngine
     from kangaroo_trt.runner.backends import BACKENDS
@@ -59,8 +59,15 @@ def main() -> int:
     engine_dir = work / "engine"
     precisions = tuple(p for p in args.precisions.split(",") if p)
     t = time.perf_counter()
-    build_engine_dir(model, engine_dir, ExportConfig(max_seq_len=512, precisions=precisions), allow_random_adapter=True,
-                     force=True, log=lambda line: print("  " + line))
+    from kangaroo_trt.bundled import default_adapter
+    from kangaroo_trt.export.build import choose_adapter
+
+    adapter = choose_adapter(None, default_adapter(model) is None, model)  # the shipped one where there is one
+    tuned = adapter.meta.get("decode", {})  # gamma / tau the adapter was tuned with, as kangaroo-export build uses
+    decode = DecodeConfig(tuned.get("gamma", 6), tuned.get("tau", 0.6))
+    export = ExportConfig(exit_layer=adapter.exit_layer or 2, max_seq_len=512, precisions=precisions, decode=decode,
+                          max_verify=max(8, decode.gamma + 1))
+    build_engine_dir(model, engine_dir, export, adapter=adapter, force=True, log=lambda line: print("  " + line))
     print(f"built {engine_dir} in {time.perf_counter() - t:.0f} s")
 
     rows, failures = [], 0
