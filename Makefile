@@ -19,8 +19,9 @@ $(STAMP): constraints.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-$(ENGINE)/manifest.json: | $(STAMP)
-	$(VENV)/bin/kangaroo-export build --model smollm2-135m --out $(ENGINE) --random-adapter
+# The bundled model's shipped adapter (kangaroo_trt/adapters/smollm2-135m) is the default; rebuilt when it changes.
+$(ENGINE)/manifest.json: kangaroo_trt/adapters/smollm2-135m/adapter.safetensors | $(STAMP)
+	$(VENV)/bin/kangaroo-export build --model smollm2-135m --out $(ENGINE) --force
 
 demo: $(STAMP) $(ENGINE)/manifest.json
 	$(VENV)/bin/kangaroo-run --engine-dir $(ENGINE) --chat --prompt "$(PROMPT)" --max-new-tokens 96 --mode ar
