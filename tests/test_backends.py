@@ -166,3 +166,37 @@ def test_tensorrt_kangaroo_equals_ar(engine_dir, precision, cuda_graphs, monkeyp
         add_plans(engine_dir, (precision,), log=lambda _: None)
     monkeypatch.setenv("KANGAROO_TRT_CUDA_GRAPHS", cuda_graphs)
     _lossless(KangarooEngine.open(engine_dir, backend="tensorrt", precision=precision))
+
+
+def _host(array) -> np.ndarray:
+    return array.get() if hasattr(array, "get") else np.asarray(array)  # CuPy outputs come back to the host
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["torch-cuda", "onnxruntime-cuda", "tensorrt"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_backend_graphs_match_onnxruntime_cpu(engine_dir, name, precision):
+    """Per graph, call by call: a CUDA backend vs ONNX Runtime CPU on the same feeds (prefill, draft, verify)."""
+    from kangaroo_trt.export.validate import TOLERANCES
+
+    if not BACKENDS[name].available():
+        pytest.skip(f"{name} is not installed")
+    if name == "tensorrt" and precision not in Manifest.read(engine_dir).info.get("tensorrt", {}).get("plans", {}):
+        from kangaroo_trt.engines.builder import add_plans
+
+        add_plans(engine_dir, (precision,), log=lambda _: None)
+    graphs = _graphs(engine_dir, precision)
+    ref, other = open_backend("onnxruntime-cpu", graphs, threads=1), open_backend(name, graphs)
+    atol, rtol = TOLERANCES[precision]
+    rng, start = np.random.default_rng(0), 0
+    for n in (8, 1, 2, 5):
+        feeds = {"input_ids": rng.integers(0, 300, (1, n)), "position_ids": np.arange(start, start + n)[None]}
+        a = ref.graph("shallow").run(feeds, start)["hidden"].copy()
+        b = _host(other.graph("shallow").run(feeds, start)["hidden"])
+        np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=atol * 10, rtol=rtol * 10)
+        deep = {"hidden": a, "position_ids": feeds["position_ids"]}
+        la = ref.graph("deep").run(deep, start)["logits"].copy()
+        lb = _host(other.graph("deep").run(deep, start)["logits"])
+        np.testing.assert_allclose(lb, la, atol=atol * 10 + rtol * 10 * float(np.abs(la).max()))
+        start += n
