@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from kangaroo_trt.config import ExportConfig
-from kangaroo_trt.errors import BackendError, EngineDirError
+from kangaroo_trt.errors import BackendError
 from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.export.manifest import GRAPHS, Manifest
+from kangaroo_trt.export.manifest import Manifest
 from kangaroo_trt.runner.api import KangarooEngine
+from kangaroo_trt.runner.backend import EngineRef
 from kangaroo_trt.runner.backends import AUTO_ORDER, BACKENDS, open_backend
 from kangaroo_trt.runner.trt_backend import prefix_view
 
@@ -42,8 +43,7 @@ def engine_dir(tiny_model, tmp_path_factory):
 
 
 def _graphs(directory, precision):
-    manifest = Manifest.read(directory)
-    return {g: (directory / manifest.graphs[precision][g].file, manifest.graphs[precision][g].spec) for g in GRAPHS}
+    return EngineRef(directory, Manifest.read(directory), precision)
 
 
 def _lossless(engine: KangarooEngine, grid=GRID) -> list[list[int]]:
@@ -115,19 +115,6 @@ def test_forcing_a_backend(engine_dir):
         if not BACKENDS[name].available():
             with pytest.raises(BackendError, match="not available on this machine: .*(pip install|GPU)"):
                 open_backend(name, graphs)
-
-
-def test_graphs_outside_an_engine_dir_are_refused(engine_dir, tmp_path):
-    import shutil
-
-    graphs = _graphs(engine_dir, "fp32")
-    moved = {}
-    for g, (path, spec) in graphs.items():
-        shutil.copy(path, tmp_path / path.name)
-        shutil.copy(str(path) + ".data", tmp_path / (path.name + ".data"))
-        moved[g] = (tmp_path / path.name, spec)
-    with pytest.raises(EngineDirError, match="does not belong to an engine directory"):
-        open_backend("torch-cpu", moved)
 
 
 def test_prefix_view_shares_the_buffer():

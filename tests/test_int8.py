@@ -122,15 +122,16 @@ def test_cli_int8_without_fp32_uses_a_scratch_export(tiny_model, tmp_path):
 def test_int8_deep_rows_do_not_depend_on_n(int8_engine):
     """Kangaroo's verify pass computes position p among n > 1 rows; AR computes it alone. The int8 deep graph
     must give the same row either way, up to fp32 rounding (W8A8 or ORT's int8-activation MatMulNBits did not)."""
+    from kangaroo_trt.runner.backend import EngineRef
     from kangaroo_trt.runner.backends import open_backend
     from kangaroo_trt.runner.ort_backend import ort_session
 
     out, _ = int8_engine
     manifest = Manifest.read(out)
-    graphs = {g: (out / manifest.graphs["int8"][g].file, manifest.graphs["int8"][g].spec) for g in GRAPHS}
-    options = ort_session(graphs["deep"][0]).get_session_options()
+    engine = EngineRef(out, manifest, "int8")
+    options = ort_session(engine.graphs()["deep"][0]).get_session_options()
     assert options.get_session_config_entry("session.qdq_matmulnbits_accuracy_level") == "1"
-    deep = open_backend("onnxruntime-cpu", graphs, threads=1).graph("deep")
+    deep = open_backend("onnxruntime-cpu", engine, threads=1).graph("deep")
     hidden = np.random.default_rng(0).standard_normal((1, 20, 64)).astype(np.float32)
     deep.run({"hidden": hidden[:, :10], "position_ids": np.arange(10)[None]}, 0)
     alone = deep.run({"hidden": hidden[:, 10:11], "position_ids": np.arange(10, 11)[None]}, 10)["logits"][0, 0].copy()

@@ -49,7 +49,7 @@ class TransformersBaseline:
         total = perf_counter() - start
         tokens = out[0, len(prompt_ids):].tolist()
         stop = "eos" if tokens and tokens[-1] in self.eos_ids else "max_new_tokens"
-        stats = GenerationStats(self.name, "transformers", "fp32", 0, 0.0, len(tokens), len(prompt_ids),
+        stats = GenerationStats(self.name, "transformers", "cpu", "fp32", 0, 0.0, len(tokens), len(prompt_ids),
                                 total, 0.0, 0.0, 0.0, AcceptanceLog())
         return GenerationResult(list(prompt_ids), tokens, self.tokenizer.decode(tokens, skip_special_tokens=True),
                                 stop, stats)

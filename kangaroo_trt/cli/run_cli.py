@@ -19,16 +19,19 @@ from .common import quiet_libraries, user_errors
               help="ar: plain greedy decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
-@click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (TensorRT > onnxruntime-cuda > torch-cuda > onnxruntime-cpu), or one of: tensorrt, "
+                   "onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu.")
+@click.option("--threads", type=int, default=None, help="CPU threads for the runtime [its default].")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
-def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, backend, precision, as_json) -> None:
+def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, backend, threads, precision, as_json) -> None:
     """Generate greedily with Kangaroo self-speculative decoding (or plain AR with --mode ar)."""
     quiet_libraries()
     from ..runner.api import KangarooEngine
 
-    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision)
+    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     stream = engine.stream(prompt, chat=chat, mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens,
                            text=not as_json)
     for piece in stream:

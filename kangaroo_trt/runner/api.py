@@ -19,7 +19,8 @@ from typing import Any, Iterator
 
 from ..config import DecodeConfig
 from ..errors import ConfigError, InputError
-from ..export.manifest import GRAPHS, Manifest
+from ..export.manifest import Manifest
+from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, MODES
 from .stats import AcceptanceLog, GenerationStats
@@ -74,9 +75,9 @@ class KangarooEngine:
                               f"rebuild with --precision {precision}")
         if verify:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
-        graphs = {g: (directory / manifest.graphs[precision][g].file, manifest.graphs[precision][g].spec) for g in GRAPHS}
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
-        return cls(directory, manifest, open_backend(backend, graphs, threads), precision, tokenizer)
+        return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
+                   precision, tokenizer)
 
     def encode(self, prompt: str, chat: bool) -> list[int]:
         if not chat:
@@ -138,7 +139,7 @@ class KangarooEngine:
                         yield piece
             total = perf_counter() - start
             gamma = config.gamma if mode == "kangaroo" else 0
-            stats = GenerationStats(mode, self.backend.name, self.precision, gamma, config.tau, len(output),
+            stats = GenerationStats(mode, self.backend.name, self.backend.device, self.precision, gamma, config.tau, len(output),
                                     len(prompt_ids), total, decoder.timings["prefill"], decoder.timings["draft"],
                                     decoder.timings["verify"], log)
             return GenerationResult(prompt_ids, output, self.tokenizer.decode(output, skip_special_tokens=True), stop,

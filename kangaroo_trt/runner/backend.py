@@ -13,12 +13,28 @@ same ``n``; copy them to keep them longer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from ..errors import InputError
+from ..export.manifest import Manifest
 from ..export.spec import GraphSpec
+
+
+@dataclass(frozen=True)
+class EngineRef:
+    """One precision of an engine directory: what a backend is opened with (files come from the manifest)."""
+
+    directory: Path
+    manifest: Manifest
+    precision: str
+
+    def graphs(self) -> dict[str, tuple[Path, GraphSpec]]:
+        """graph name -> (ONNX path, I/O contract)."""
+        return {g: (self.directory / e.file, e.spec) for g, e in self.manifest.graphs[self.precision].items()}
 
 
 class GraphRunner(ABC):
@@ -40,10 +56,17 @@ class GraphRunner(ABC):
 
 
 class Backend(ABC):
-    """One runtime on one device. Subclasses say whether they can run here via ``available``."""
+    """One runtime on one device. ``open`` builds it from an engine directory; ``available`` says whether it can
+    run on this machine. By default a backend is constructed from the graph files alone; backends that need more
+    of the engine directory (plans, the source model) override ``open``.
+    """
 
     name: ClassVar[str]
     device: ClassVar[str]
+
+    @classmethod
+    def open(cls, engine: EngineRef, threads: int | None = None) -> "Backend":
+        return cls(engine.graphs(), threads)
 
     @classmethod
     @abstractmethod

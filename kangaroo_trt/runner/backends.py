@@ -8,11 +8,8 @@ numerical reference) is never chosen automatically. Naming a backend forces it; 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import BackendError
-from ..export.spec import GraphSpec
-from .backend import Backend
+from .backend import Backend, EngineRef
 from .ort_backend import OrtCpuBackend, OrtCudaBackend
 from .torch_backend import TorchCpuBackend, TorchCudaBackend
 from .trt_backend import TensorRTBackend
@@ -22,7 +19,7 @@ BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (
 AUTO_ORDER = (TensorRTBackend.name, OrtCudaBackend.name, TorchCudaBackend.name, OrtCpuBackend.name)
 
 
-def open_backend(name: str, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None) -> Backend:
+def open_backend(name: str, engine: EngineRef, threads: int | None = None) -> Backend:
     if name == "auto":
         reasons = []
         for candidate in AUTO_ORDER:
@@ -30,7 +27,7 @@ def open_backend(name: str, graphs: dict[str, tuple[Path, GraphSpec]], threads: 
             if not cls.available():
                 continue
             try:
-                return cls(graphs, threads)
+                return cls.open(engine, threads)
             except BackendError as err:
                 reasons.append(f"{candidate}: {err}")
         raise BackendError("no backend can run these graphs (" + "; ".join(reasons or ["none installed"]) +
@@ -40,4 +37,4 @@ def open_backend(name: str, graphs: dict[str, tuple[Path, GraphSpec]], threads: 
     cls = BACKENDS[name]
     if not cls.available():
         raise BackendError(f"backend {name} is not available on this machine: {getattr(cls, 'install', 'use --backend auto')}")
-    return cls(graphs, threads)
+    return cls.open(engine, threads)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import BackendError
 from ..export.spec import GraphSpec
-from .backend import Backend, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner
 
 
 def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
@@ -155,10 +155,14 @@ class OrtCudaBackend(Backend):
         except Exception:  # ImportError, or a CUDA library / driver missing
             return False
 
-    def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None) -> None:
+    @classmethod
+    def open(cls, engine: EngineRef, threads: int | None = None) -> "OrtCudaBackend":
+        return cls(engine.graphs(), threads, max_n=max(engine.manifest.prefill_chunk, engine.manifest.max_verify))
+
+    def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None, max_n: int = 128) -> None:
+        """``max_n``: the largest number of new tokens any call makes (its token buffers are that size)."""
         if not self.available():
             raise BackendError(f"ONNX Runtime CUDA is not available here: {self.install}")
-        max_n = _max_n(graphs)
         self._runners = {}
         for name, (path, spec) in graphs.items():
             session = ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
@@ -167,10 +171,3 @@ class OrtCudaBackend(Backend):
     def graph(self, name: str) -> GraphRunner:
         return self._runners[name]
 
-
-def _max_n(graphs: dict[str, tuple[Path, GraphSpec]]) -> int:
-    """Largest n any call makes: the engine's prefill chunk (>= max_verify), from its manifest."""
-    from ..engines.locate import owning_engine
-
-    manifest = owning_engine(graphs).manifest
-    return max(manifest.prefill_chunk, manifest.max_verify)

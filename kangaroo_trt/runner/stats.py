@@ -67,6 +67,7 @@ class AcceptanceLog:
 class GenerationStats:
     mode: str
     backend: str
+    device: str
     precision: str
     gamma: int
     tau: float
@@ -98,6 +99,7 @@ class GenerationStats:
             "draft_s": self.draft_s,
             "verify_s": self.verify_s,
             "backend": self.backend,
+            "device": self.device,
             "precision": self.precision,
             "mode": self.mode,
             "gamma": self.gamma,

@@ -15,13 +15,12 @@ exercised only by the GPU-marked tests (scripts/gpu_check.sh), which have not ru
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
-from .backend import Backend, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner
 
 
 class TorchGraphRunner(GraphRunner):
@@ -47,15 +46,13 @@ class TorchGraphRunner(GraphRunner):
         return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
 
 
-def rebuild_modules(graphs: dict[str, tuple[Path, GraphSpec]]):
+def rebuild_modules(ref: EngineRef):
     """The engine's KangarooModules at its precision, from the source model + the stored adapter."""
     import torch
 
     from ..bundled import resolve_model
-    from ..engines.locate import owning_engine
     from ..model.weights import build_modules, load_adapter
 
-    ref = owning_engine(graphs)
     info = ref.manifest.info
     if ref.precision not in ("fp32", "fp16"):
         raise BackendError(f"the PyTorch backend runs fp32 and fp16 graphs, not {ref.precision}: "
@@ -76,7 +73,11 @@ def rebuild_modules(graphs: dict[str, tuple[Path, GraphSpec]]):
 
 
 class _TorchBackend(Backend):
-    def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None) -> None:
+    @classmethod
+    def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":
+        return cls(engine, threads)
+
+    def __init__(self, engine: EngineRef, threads: int | None = None) -> None:
         if not self.available():
             raise BackendError(f"backend {self.name} is not available: it needs torch" +
                                (" with CUDA and an NVIDIA GPU" if self.device == "cuda" else ""))
@@ -84,8 +85,9 @@ class _TorchBackend(Backend):
 
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
-        modules = rebuild_modules(graphs).to(self.device)
-        self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device) for name, (_, spec) in graphs.items()}
+        modules = rebuild_modules(engine).to(self.device)
+        self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device)
+                         for name, (_, spec) in engine.graphs().items()}
 
     def graph(self, name: str) -> GraphRunner:
         return self._runners[name]

@@ -28,7 +28,6 @@ Ownership: returned arrays are views of the runner's output buffers, valid until
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -36,7 +35,7 @@ import numpy as np
 from ..engines.profiles import Profile, pick, profiles
 from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
-from .backend import Backend, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner
 
 CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
 
@@ -137,15 +136,16 @@ class TensorRTBackend(Backend):
         except Exception:  # ImportError, or CUDA present without a driver / device
             return False
 
-    def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+    @classmethod
+    def open(cls, engine: EngineRef, threads: int | None = None) -> "TensorRTBackend":
+        return cls(engine, threads)
+
+    def __init__(self, ref: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
         from ..engines.builder import import_tensorrt
-        from ..engines.locate import owning_engine
         from ..engines.plans import fresh_plan
 
         trt = import_tensorrt()
         cp = import_cupy()
-        ref = owning_engine(graphs)
         record = ref.manifest.info.get("tensorrt", {})
         built = record.get("versions", {}).get("tensorrt")
         if built is not None and built != trt.__version__:
@@ -158,7 +158,7 @@ class TensorRTBackend(Backend):
             profiles(ref.manifest.max_verify, ref.manifest.prefill_chunk)
         use_graphs = cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs
         self._engines, self._runners = {}, {}
-        for name, (_, spec) in graphs.items():
+        for name, (_, spec) in ref.graphs().items():
             plan = fresh_plan(ref.directory, ref.manifest, ref.precision, name)
             engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine is None:
