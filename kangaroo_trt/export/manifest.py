@@ -55,7 +55,9 @@ class Manifest:
     has_chat_template: bool
     graphs: dict[str, dict[str, GraphEntry]]  # precision -> graph name -> entry
     files: dict[str, str]  # relative path -> sha256
-    info: dict[str, Any]  # provenance: source model, adapter meta, library versions (not used by loaders)
+    # provenance (source model, adapter meta, library versions, INT8 report) and what the PyTorch and TensorRT
+    # backends need beyond the graphs: "source_model", "adapter_dir", "tensorrt" (plans and their versions)
+    info: dict[str, Any]
 
     @property
     def precisions(self) -> list[str]:
