@@ -4,7 +4,9 @@
 * accepted_by_position[i]: of the rounds that proposed draft i+1, the fraction that accepted it.
 * CTAR(w): over every round and every window of w consecutive drafts it proposed, the fraction of
   windows in which all w drafts were accepted (acceptance is prefix-wise, so a window is accepted iff it
-  ends within the accepted prefix). Reported for w = 1..gamma; it falls as w grows.
+  ends within the accepted prefix). Reported for w = 1..gamma. With tau = 0 every round drafts gamma
+  tokens and the curve falls as w grows, as in the paper; with tau > 0 a window of w exists only in rounds
+  whose drafts stayed confident, so CTAR(w) is conditioned on that and can rise with w.
 """
 
 from __future__ import annotations
