@@ -148,7 +148,6 @@ class Decoder:
         self.adapter_backlog = known[self.lengths.adapter - first:p + n_committed - first]
         assert len(self.adapter_backlog) == self.lengths.shallow - self.lengths.adapter, "adapter backlog out of step"
 
-
     def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig):
         """Yield each round's committed tokens (already cut at EOS / max_new_tokens) until done."""
         if mode not in MODES:
