@@ -1,6 +1,6 @@
 """Assertions of the lossless rule shared by the test modules (see kangaroo_trt/runner/equality.py)."""
 
-from kangaroo_trt.runner.equality import compare_tokens
+from kangaroo_trt.runner.equality import NEAR_TIE, compare_tokens
 
 
 class NearTies:
@@ -14,5 +14,5 @@ class NearTies:
         ref_ids = reference if isinstance(reference, list) else reference.output_ids
         verdict = compare_tokens(ref_ids, other.output_ids, margins)
         assert verdict.ok, f"{label}: {verdict.describe()}\n  reference {ref_ids}\n  other     {other.output_ids}"
-        if verdict.near_tie:
+        if verdict.status == NEAR_TIE:
             self.cases.append(f"{label}: {verdict.describe()}")

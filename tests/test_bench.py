@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from kangaroo_trt.bench import BenchConfig, build_report, load_questions, run_bench, select, write_report
-from kangaroo_trt.bench.equality import MATCH, MISMATCH, NEAR_TIE, compare_outputs, first_difference
+from kangaroo_trt.runner.equality import MATCH, MISMATCH, NEAR_TIE, compare_outputs, first_difference
 from kangaroo_trt.bench.metrics import pooled_acceptance, question_speed, speedup
 from kangaroo_trt.bench.questions import SPEC_BENCH_TASKS, default_questions_path, tasks_in
 from kangaroo_trt.bench.runner import BenchRunner

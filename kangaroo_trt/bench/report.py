@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .equality import MISMATCH, NEAR_TIE, NEAR_TIE_MARGIN
+from ..runner.equality import MISMATCH, NEAR_TIE, NEAR_TIE_MARGIN
 from .metrics import acceptance_summary, mean, pooled_acceptance, question_speed, speedup, time_split
 from .questions import tasks_in
 from .runner import BenchRun, QuestionRun

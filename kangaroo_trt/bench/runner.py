@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from ..config import DecodeConfig
 from ..runner.api import GenerationResult, KangarooEngine
-from .equality import Equality, compare_outputs
+from ..runner.equality import Equality, compare_outputs
 from .questions import Question
 
 MODES = ("kangaroo", "ar")

@@ -26,6 +26,7 @@ from ..config import DecodeConfig
 from ..export.spec import GraphSpec
 from ..runner.backend import Backend
 from ..runner.decode import Decoder
+from ..runner.equality import first_difference
 from ..runner.stats import AcceptanceLog
 
 Graphs = dict[str, tuple[Path, GraphSpec]]
@@ -79,10 +80,6 @@ def _decode(decoder: Decoder, ids: list[int], mode: str, config: DecodeConfig):
     return tokens, log, perf_counter() - t, margins
 
 
-def _first_difference(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 def decoding(backends: dict[str, Backend], prompts: list[list[int]], eos_ids: tuple[int, ...], prefill_chunk: int,
              config: DecodeConfig) -> dict[str, Any]:
     """Per precision: Kangaroo acceptance, AR speed, and Kangaroo == AR on the same graphs."""
@@ -97,7 +94,7 @@ def decoding(backends: dict[str, Backend], prompts: list[list[int]], eos_ids: tu
             kangaroo, rounds, _, k_margins = _decode(decoder, ids, "kangaroo", config)
             log.extend(rounds)
             if kangaroo != ar:  # where, and how close AR's top-2 logits were there (a near-tie or not)
-                i = _first_difference(kangaroo, ar)
+                i = first_difference(kangaroo, ar)
                 mismatches.append({"prompt": k, "first_difference": i, "ar_margin": margins[i] if i < len(margins) else None,
                                    "kangaroo_margin": k_margins[i] if i < len(k_margins) else None})
         out["acceptance"][precision] = log.mean_accepted
