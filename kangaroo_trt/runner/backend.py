@@ -73,6 +73,7 @@ class Backend(ABC):
     def available(cls) -> bool:
         ...
 
-    @abstractmethod
+    _runners: dict[str, GraphRunner]  # graph name -> its runner, filled by the subclass's constructor
+
     def graph(self, name: str) -> GraphRunner:
-        ...
+        return self._runners[name]

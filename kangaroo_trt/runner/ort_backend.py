@@ -95,9 +95,6 @@ class OrtCpuBackend(Backend):
             raise BackendError("onnxruntime is not installed: pip install onnxruntime")
         self._runners = {name: OrtGraphRunner(ort_session(path, threads), spec) for name, (path, spec) in graphs.items()}
 
-    def graph(self, name: str) -> GraphRunner:
-        return self._runners[name]
-
 
 class OrtCudaGraphRunner(GraphRunner):
     def __init__(self, session, spec: GraphSpec, max_n: int) -> None:
@@ -167,7 +164,4 @@ class OrtCudaBackend(Backend):
         for name, (path, spec) in graphs.items():
             session = ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
             self._runners[name] = OrtCudaGraphRunner(session, spec, max_n)
-
-    def graph(self, name: str) -> GraphRunner:
-        return self._runners[name]
 

@@ -89,9 +89,6 @@ class _TorchBackend(Backend):
         self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device)
                          for name, (_, spec) in engine.graphs().items()}
 
-    def graph(self, name: str) -> GraphRunner:
-        return self._runners[name]
-
 
 class TorchCpuBackend(_TorchBackend):
     name = "torch-cpu"

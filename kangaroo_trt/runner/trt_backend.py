@@ -165,6 +165,3 @@ class TensorRTBackend(Backend):
                 raise EngineDirError(f"TensorRT cannot load {plan}: rebuild with kangaroo-export engines --engine-dir {ref.directory}")
             self._engines[name] = engine
             self._runners[name] = TrtGraphRunner(engine, spec, available, self.stream, use_graphs)
-
-    def graph(self, name: str) -> GraphRunner:
-        return self._runners[name]
