@@ -17,6 +17,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Callable
 
+from tqdm import tqdm
+
 from ..config import DecodeConfig, ExportConfig
 from ..errors import ConfigError
 from ..model.weights import ADAPTER_CONFIG, load_adapter
@@ -70,7 +72,7 @@ def measure(engine_dir: Path, prompts: list[list[int]], settings: list[tuple[int
     engine.generate(prompt_ids=prompts[0], mode="ar", max_new_tokens=8)  # warm-up, untimed
     engine.generate(prompt_ids=prompts[0], mode="kangaroo", max_new_tokens=8)
     ar, results = Measurement(), {s: Measurement() for s in settings}
-    for ids in prompts:
+    for ids in tqdm(prompts, desc=f"timing {engine_dir.name}", unit="prompt"):
         base = engine.generate(prompt_ids=ids, mode="ar", max_new_tokens=max_new_tokens)
         ar.tokens += len(base.output_ids)
         ar.seconds += base.stats.total_s
