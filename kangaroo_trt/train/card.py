@@ -45,9 +45,9 @@ def write_card(adapter_dir: Path) -> Path:
             f"target frozen, adapter init `{train['init']}`",
             f"- {train['epochs']} epochs, {training['steps']} steps of {train['sequences_per_step']} sequences, "
             f"AdamW {tuple(train['betas'])}, lr {train['lr']} (warm-up {train['warmup_steps']}, cosine), seed {train['seed']}",
-            f"- time on {training['device']}: {training['train_seconds']:.0f} s training; teacher features "
-            f"(generation + hidden states) {data.get('teacher_seconds') or '?'} s when built, reused from cache here "
-            f"if {training['total_seconds']:.0f} s in all is less",
+            f"- time on {training['device']}: {training['train_seconds']:.0f} s training ({training['total_seconds']:.0f} s "
+            f"for the command); the teacher features (greedy generation + hidden states) took "
+            f"{data.get('teacher_seconds') or '?'} s when first built and are cached",
             "",
             "## Held-out metrics (per response token)",
             "",
