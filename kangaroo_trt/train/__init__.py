@@ -9,5 +9,6 @@ Pipeline, one small module per step::
     objective.py soft cross-entropy of softmax(head(adapter(h_l))) against the teacher, acceptance metrics
     trainer.py   the adapter-only training loop (seeded, resumable, progress bar with ETA)
     card.py      the training card written beside the adapter
+    pipeline.py  train_adapter(): data -> features -> trained adapter directory (the API behind kangaroo-train)
     tune.py      exit layer / gamma / tau sweep on the real runtime (ORT engines)
 """
