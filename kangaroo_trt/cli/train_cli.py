@@ -49,9 +49,12 @@ def set_threads(threads: int | None) -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="PyTorch CPU threads [PyTorch default].")
+@click.option("--draft-vocab", type=int, default=0, show_default=True,
+              help="Restrict the draft head to this many most frequent response tokens (0: full vocabulary).")
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
-         lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, device, threads) -> None:
+         lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, device, threads,
+         draft_vocab) -> None:
     """Train the adapter (target frozen) on the paper's objective and write OUT with a TRAINING_CARD.md.
 
     Interrupted runs resume from OUT's checkpoint and the cached teacher features.
@@ -66,7 +69,8 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
     settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
     config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, init=init, seed=seed)
-    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), log=click.echo)
+    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), draft_vocab=draft_vocab,
+                  log=click.echo)
 
 
 if __name__ == "__main__":

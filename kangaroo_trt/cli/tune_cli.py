@@ -46,10 +46,12 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="PyTorch CPU threads for training [PyTorch default].")
+@click.option("--draft-vocab", type=int, default=0, show_default=True,
+              help="Restrict the draft head to this many most frequent response tokens (0: full vocabulary).")
 @user_errors
 def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts, max_new_tokens, runtime_threads,
          workdir, max_examples, max_prompt_tokens, top_k, epochs, lr, sequences_per_step, heldout_fraction, seed,
-         exclude, device, threads) -> None:
+         exclude, device, threads, draft_vocab) -> None:
     """Sweep exit layers (optional) and gamma x tau; print the table and write the winner into the adapter."""
     quiet_libraries()
     from ..train.cache import FeatureSettings
@@ -67,7 +69,8 @@ def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts,
     if pick_device(device) != "cpu":
         click.echo("note: training runs on the GPU; the timed engines are ONNX Runtime CPU", err=True)
     with tempfile.TemporaryDirectory(prefix="kangaroo-tune-") as tmp:
-        tune(model, source, out, config, settings, sweep, workdir or Path(tmp), pick_device(device), log=click.echo)
+        tune(model, source, out, config, settings, sweep, workdir or Path(tmp), pick_device(device), draft_vocab,
+             log=click.echo)
 
 
 if __name__ == "__main__":

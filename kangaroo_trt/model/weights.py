@@ -161,15 +161,20 @@ def load_adapter(path: Path) -> AdapterCheckpoint:
 
 def save_adapter(modules: KangarooModules, path: Path, meta: dict[str, Any] | None = None) -> None:
     """Write the adapter of ``modules`` in this project's format (official key names, safetensors)."""
+    own = modules.state_dict()
+    tensors = {src: own[dst].detach().contiguous().clone() for src, (dst,) in adapter_name_table(modules.adapter_spec).items()}
+    save_checkpoint(AdapterCheckpoint(modules.adapter_spec, tensors, modules.exit_layer, meta or {}), path)
+
+
+def save_checkpoint(adapter: AdapterCheckpoint, path: Path) -> None:
+    """Write ``adapter`` as ``adapter_config.json`` + ``adapter.safetensors`` (what ``load_adapter`` reads)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    own = modules.state_dict()
-    tensors = {src: own[dst].detach().contiguous().clone() for src, (dst,) in adapter_name_table(modules.adapter_spec).items()}
-    save_file(tensors, path / ADAPTER_WEIGHTS)
-    cfg = {"format": ADAPTER_FORMAT, "version": ADAPTER_FORMAT_VERSION, "adapter": modules.adapter_spec.to_dict(),
-           "exit_layer": modules.exit_layer, "meta": meta or {}}
+    save_file({k: v.contiguous() for k, v in adapter.tensors.items()}, path / ADAPTER_WEIGHTS)
+    cfg = {"format": ADAPTER_FORMAT, "version": ADAPTER_FORMAT_VERSION, "adapter": adapter.spec.to_dict(),
+           "exit_layer": adapter.exit_layer, "meta": adapter.meta}
     (path / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
