@@ -38,6 +38,8 @@ class EngineRef:
 
 
 class GraphRunner(ABC):
+    caches: dict  # past name -> preallocated buffer [1, kv_heads, max_seq_len, head_dim], owned by the runner
+
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec
         self.max_seq_len = spec.caches[0].shape[2]
@@ -53,6 +55,15 @@ class GraphRunner(ABC):
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray], start: int, n: int) -> dict[str, np.ndarray]:
         ...
+
+    def _write_rows(self, outputs: dict, start: int, n: int) -> None:
+        """Copy each layer's n new rows (``present_*``) into ``self.caches`` at slots ``start .. start + n``.
+
+        Works on numpy, CuPy and torch buffers alike; slots past the valid length stay stale and are never read.
+        """
+        for c in self.spec.caches:
+            self.caches[c.past_key][:, :, start:start + n] = outputs[c.present_key]
+            self.caches[c.past_value][:, :, start:start + n] = outputs[c.present_value]
 
 
 class Backend(ABC):

@@ -71,9 +71,7 @@ class OrtGraphRunner(GraphRunner):
         for name, array in outputs.items():
             _bind(self._binding, name, array, output=True)
         self._session.run_with_iobinding(self._binding)
-        for c in self.spec.caches:  # write the n new rows; slots past the valid length are never read
-            self.caches[c.past_key][:, :, start:start + n] = outputs[c.present_key]
-            self.caches[c.past_value][:, :, start:start + n] = outputs[c.present_value]
+        self._write_rows(outputs, start, n)
         return {t.name: outputs[t.name] for t in self.spec.token_outputs}
 
 
@@ -131,9 +129,7 @@ class OrtCudaGraphRunner(GraphRunner):
             self._bind(t.name, views[t.name], output=True)
         cp.cuda.get_current_stream().synchronize()  # ORT's stream does not wait for CuPy's
         self._session.run_with_iobinding(self._binding)
-        for c in self.spec.caches:  # the n new rows, device to device
-            self.caches[c.past_key][:, :, start:start + n] = views[c.present_key]
-            self.caches[c.past_value][:, :, start:start + n] = views[c.present_value]
+        self._write_rows(views, start, n)  # device to device
         return {t.name: views[t.name] for t in self.spec.token_outputs}
 
 

@@ -33,7 +33,6 @@ class TorchGraphRunner(GraphRunner):
         for c in spec.caches:
             for name in (c.past_key, c.past_value):
                 self.caches[name] = torch.zeros(c.shape, dtype=getattr(torch, c.dtype), device=self.device)
-        self._present = {c.past_key: c.present_key for c in spec.caches} | {c.past_value: c.present_value for c in spec.caches}
 
     def _run(self, feeds, start, n):
         torch = self._torch
@@ -41,8 +40,7 @@ class TorchGraphRunner(GraphRunner):
                 for t in self.spec.inputs]
         with torch.inference_mode():
             outputs = dict(zip(self.spec.output_names, self.module(*args)))
-            for past, present in self._present.items():  # write the n new rows; later slots stay stale
-                self.caches[past][:, :, start:start + n].copy_(outputs[present])
+            self._write_rows(outputs, start, n)
         return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
 
 

@@ -81,7 +81,6 @@ class TrtGraphRunner(GraphRunner):
             self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype)
                              for t in (*spec.token_inputs, *spec.outputs)}
         self._graphs: dict[tuple[int, int], object] = {}  # (profile, n) -> captured cupy.cuda.Graph
-        self._present = [(c.past_key, c.present_key) for c in spec.caches] + [(c.past_value, c.present_value) for c in spec.caches]
 
     def _views(self, n: int) -> dict:
         return {t.name: prefix_view(self._buffers[t.name], t.concrete(n)) for t in (*self.spec.token_inputs, *self.spec.outputs)}
@@ -116,8 +115,7 @@ class TrtGraphRunner(GraphRunner):
                     self._stream.begin_capture()
                     self._enqueue(profile, n, views)
                     self._graphs[(profile, n)] = self._stream.end_capture()
-            for past, present in self._present:  # n new rows to slots start .. start + n (device to device)
-                self.caches[past][:, :, start:start + n] = views[present]
+            self._write_rows(views, start, n)  # device to device, on this stream
         return {t.name: views[t.name] for t in self.spec.token_outputs}
 
 
