@@ -24,6 +24,30 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+_TRAINING_OPTIONS = (
+    click.option("--max-examples", type=int, default=512, show_default=True),
+    click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts are left out."),
+    click.option("--top-k", type=int, default=32, show_default=True, help="Teacher probabilities kept per position."),
+    click.option("--lr", type=float, default=2e-2, show_default=True),
+    click.option("--sequences-per-step", type=int, default=8, show_default=True),
+    click.option("--heldout-fraction", type=float, default=0.05, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
+                 help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions]."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    click.option("--threads", type=int, default=None, help="PyTorch CPU threads for training [PyTorch default]."),
+    click.option("--draft-vocab", type=int, default=0, show_default=True,
+                 help="Restrict the draft head to this many most frequent response tokens (0: full vocabulary)."),
+)
+
+
+def training_options(command):
+    """The data, teacher and training options kangaroo-train and kangaroo-tune share: one list, one set of defaults."""
+    for option in reversed(_TRAINING_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
@@ -32,25 +56,13 @@ def set_threads(threads: int | None) -> None:
 @click.option("--exit-layer", type=int, default=2, show_default=True, help="Shallow layers before the early exit.")
 @click.option("--self-distill/--no-self-distill", default=True, show_default=True,
               help="Generate the responses greedily with the target itself (else train on the data's responses).")
-@click.option("--max-examples", type=int, default=512, show_default=True)
-@click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts are left out.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Response length cap.")
-@click.option("--top-k", type=int, default=32, show_default=True, help="Teacher probabilities kept per position.")
 @click.option("--epochs", type=int, default=4, show_default=True)
-@click.option("--lr", type=float, default=2e-2, show_default=True)
-@click.option("--sequences-per-step", type=int, default=8, show_default=True)
-@click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
               help="copy: start from the target's layer-EXIT_LAYER attention and final norm.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
-              help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions].")
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed records instead of stopping at the first.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="PyTorch CPU threads [PyTorch default].")
-@click.option("--draft-vocab", type=int, default=0, show_default=True,
-              help="Restrict the draft head to this many most frequent response tokens (0: full vocabulary).")
+@training_options
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
          lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, device, threads,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import quiet_libraries, user_errors
-from .train_cli import pick_device, set_threads
+from .train_cli import pick_device, set_threads, training_options
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -33,21 +33,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--runtime-threads", type=int, default=1, show_default=True, help="ONNX Runtime threads for both modes.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Candidate adapters and engines [a temporary directory].")
-# Training and data settings: the same options and defaults as kangaroo-train.
-@click.option("--max-examples", type=int, default=512, show_default=True)
-@click.option("--max-prompt-tokens", type=int, default=256, show_default=True)
-@click.option("--top-k", type=int, default=32, show_default=True)
 @click.option("--epochs", type=int, default=4, show_default=True, help="Epochs for the chosen exit layer.")
-@click.option("--lr", type=float, default=2e-2, show_default=True)
-@click.option("--sequences-per-step", type=int, default=8, show_default=True)
-@click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
-              help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="PyTorch CPU threads for training [PyTorch default].")
-@click.option("--draft-vocab", type=int, default=0, show_default=True,
-              help="Restrict the draft head to this many most frequent response tokens (0: full vocabulary).")
+@training_options
 @user_errors
 def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts, max_new_tokens, runtime_threads,
          workdir, max_examples, max_prompt_tokens, top_k, epochs, lr, sequences_per_step, heldout_fraction, seed,
