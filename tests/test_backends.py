@@ -147,12 +147,18 @@ def test_onnxruntime_cuda_kangaroo_equals_ar(engine_dir, precision):
 def test_tensorrt_kangaroo_equals_ar(engine_dir, precision, cuda_graphs, monkeypatch):
     if not BACKENDS["tensorrt"].available():
         pytest.skip("TensorRT and cupy are not installed")
-    from kangaroo_trt.engines.builder import add_plans
-
-    if precision not in Manifest.read(engine_dir).info.get("tensorrt", {}).get("plans", {}):
-        add_plans(engine_dir, (precision,), log=lambda _: None)
+    _ensure_plans(engine_dir, precision)
     monkeypatch.setenv("KANGAROO_TRT_CUDA_GRAPHS", cuda_graphs)
     _lossless(KangarooEngine.open(engine_dir, backend="tensorrt", precision=precision))
+
+
+def _ensure_plans(engine_dir, precision: str) -> None:
+    """Build the TensorRT plans of one precision into the shared engine directory, once."""
+    from kangaroo_trt.engines.builder import add_plans
+
+    record = Manifest.read(engine_dir).tensorrt
+    if record is None or precision not in record.plans:
+        add_plans(engine_dir, (precision,), log=lambda _: None)
 
 
 def _host(array) -> np.ndarray:
@@ -169,10 +175,8 @@ def test_cuda_backend_graphs_match_onnxruntime_cpu(engine_dir, name, precision):
 
     if not BACKENDS[name].available():
         pytest.skip(f"{name} is not installed")
-    if name == "tensorrt" and precision not in Manifest.read(engine_dir).info.get("tensorrt", {}).get("plans", {}):
-        from kangaroo_trt.engines.builder import add_plans
-
-        add_plans(engine_dir, (precision,), log=lambda _: None)
+    if name == "tensorrt":
+        _ensure_plans(engine_dir, precision)
     graphs = _graphs(engine_dir, precision)
     ref, other = open_backend("onnxruntime-cpu", graphs, threads=1), open_backend(name, graphs)
     atol, rtol = TOLERANCES[precision]

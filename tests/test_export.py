@@ -101,6 +101,14 @@ def test_corrupt_or_foreign_engine_dirs_are_refused(tiny_model, tmp_path):
     with pytest.raises(EngineDirError, match="schema version 0"):
         KangarooEngine.open(old)
 
+    # schema 1 (kangaroo-trt before typed backend fields) kept source_model / adapter_dir in "info": still read
+    v1 = {k: v for k, v in d.items() if k not in ("source_model", "adapter_dir", "tensorrt")}
+    v1.update(schema_version=1, info={**d["info"], "source_model": d["source_model"], "adapter_dir": d["adapter_dir"]})
+    (old / "manifest.json").write_text(json.dumps(v1))
+    lifted = Manifest.read(old)
+    assert lifted == Manifest.read(out) and lifted.tensorrt is None
+    assert KangarooEngine.open(old).generate("a", max_new_tokens=3).output_ids
+
     (old / "manifest.json").write_text("{not json")
     with pytest.raises(EngineDirError, match="not valid JSON"):
         KangarooEngine.open(old)

@@ -15,11 +15,11 @@ from onnx import TensorProto, helper
 from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.engines import builder
 from kangaroo_trt.engines.onnx_support import MAX_OPSET, check_onnx, problems
-from kangaroo_trt.engines.plans import fresh_plan, plan_file
+from kangaroo_trt.engines.plans import BUILD_LOG, TIMING_CACHE, fresh_plan, plan_file
 from kangaroo_trt.engines.profiles import pick, profiles
 from kangaroo_trt.errors import BackendError, EngineDirError
 from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.export.manifest import GRAPHS, Manifest, sha256
+from kangaroo_trt.export.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
 
 tensorrt_missing = pytest.mark.skipif(builder.tensorrt_available(), reason="TensorRT is installed here")
 
@@ -110,8 +110,9 @@ def _with_plan(out, manifest, tmp_path, onnx_sha=None):
     rel = plan_file("fp16", "deep")
     plan = tmp_path / "engine" / rel
     onnx_rel = manifest.graphs["fp16"]["deep"].file
-    record = {"plans": {"fp16": {"deep": {"file": rel, "onnx": onnx_rel, "onnx_sha256": onnx_sha or manifest.files[onnx_rel]}}}}
-    return dataclasses.replace(manifest, info={**manifest.info, "tensorrt": record}), plan
+    entry = PlanEntry(rel, onnx_rel, onnx_sha or manifest.files[onnx_rel])
+    record = TensorRTRecord({"tensorrt": "11.0"}, profiles(8, 16), 1 << 30, TIMING_CACHE, BUILD_LOG, {"fp16": {"deep": entry}})
+    return dataclasses.replace(manifest, tensorrt=record), plan
 
 
 def test_stale_or_missing_plans_are_refused(engine, tmp_path):
@@ -123,6 +124,9 @@ def test_stale_or_missing_plans_are_refused(engine, tmp_path):
     with pytest.raises(EngineDirError, match="stale plan"):
         fresh_plan(out, stale, "fp16", "deep")
     current, _ = _with_plan(out, manifest, tmp_path)
+    (tmp_path / "written").mkdir()
+    current.write(tmp_path / "written")
+    assert Manifest.read(tmp_path / "written").tensorrt == current.tensorrt  # the typed record round-trips
     with pytest.raises(EngineDirError, match="missing"):
         fresh_plan(out, current, "fp16", "deep")
     plan = out / plan_file("fp16", "deep")

@@ -10,7 +10,6 @@ from pathlib import Path
 from time import perf_counter
 
 from ..bundled import resolve_model
-from ..errors import ConfigError
 from ..runner.api import GenerationResult, KangarooEngine
 from ..runner.stats import AcceptanceLog, GenerationStats
 
@@ -31,11 +30,8 @@ class TransformersBaseline:
 
     @classmethod
     def for_engine(cls, engine: KangarooEngine, threads: int | None = None) -> "TransformersBaseline":
-        """Load the model the engine was exported from (``info.source_model``: bundled name or directory)."""
-        source = engine.manifest.info.get("source_model")
-        if not source:
-            raise ConfigError(f"{engine.directory} does not record its source model: run without --hf-baseline")
-        return cls(resolve_model(str(source)), engine.tokenizer, engine.manifest.eos_token_ids, threads)
+        """Load the model the engine was exported from (``manifest.source_model``: bundled name or directory)."""
+        return cls(resolve_model(engine.manifest.source_model), engine.tokenizer, engine.manifest.eos_token_ids, threads)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
         import torch

@@ -34,7 +34,7 @@ def build_report(bench: BenchRun, engine, command: str | None = None, settings: 
         "command": command,
         "engine": {
             "directory": str(engine.directory),
-            "source_model": manifest.info.get("source_model"),
+            "source_model": manifest.source_model,
             "adapter": manifest.info.get("adapter"),
             "adapter_sha256": manifest.files.get("adapter/adapter.safetensors"),  # which weights, exactly
             "exit_layer": manifest.exit_layer,

@@ -10,7 +10,7 @@ Networks are strongly typed: the precision comes from the ONNX (fp32, fp16 weigh
 softmax / rotary, or INT8 Q/DQ), so no precision flag is set. Per plan: the ``step`` and ``prefill``
 optimization profiles (``profiles.py``), a workspace limit, one timing cache shared by all plans of the
 directory (``trt/timing.cache``, reused by later builds on the same GPU), and the builder log
-(``trt/build.log``). The manifest's ``info["tensorrt"]`` records each plan with the sha256 of the ONNX
+(``trt/build.log``). The manifest's ``tensorrt`` record (``TensorRTRecord``) holds each plan with the sha256 of the ONNX
 file it was built from (``plans.py`` refuses a stale plan) and the TensorRT / CUDA / GPU versions.
 """
 
@@ -21,11 +21,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from ..config import ExportConfig
 from ..errors import BackendError, ConfigError
-from ..export.manifest import MANIFEST, GraphEntry, Manifest, sha256
+from ..export.manifest import MANIFEST, GraphEntry, Manifest, PlanEntry, TensorRTRecord, sha256
 from .plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
 from .profiles import profiles
 
@@ -124,24 +124,24 @@ def build_plan(onnx_path: Path, entry: GraphEntry, export: ExportConfig, plan_pa
 
 
 def build_plans(root: Path, graphs: dict[str, dict[str, GraphEntry]], export: ExportConfig,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print) -> TensorRTRecord:
     """Build every plan of ``graphs`` (precision -> graph -> entry) under ``root``; the manifest's record."""
     (root / PLAN_DIR).mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"versions": device_versions(), "workspace_bytes": WORKSPACE_BYTES,
-                              "profiles": [p.to_dict() for p in profiles(export.max_verify, export.prefill_chunk)],
-                              "timing_cache": TIMING_CACHE, "build_log": BUILD_LOG, "plans": {}}
+    versions = device_versions()
+    plans: dict[str, dict[str, PlanEntry]] = {}
     for precision, entries in graphs.items():
-        record["plans"][precision] = {}
+        plans[precision] = {}
         for name, entry in entries.items():
             rel = plan_file(precision, name)
             build_plan(root / entry.file, entry, export, root / rel, root / TIMING_CACHE, root / BUILD_LOG)
-            record["plans"][precision][name] = {"file": rel, "onnx": entry.file, "onnx_sha256": sha256(root / entry.file)}
+            plans[precision][name] = PlanEntry(rel, entry.file, sha256(root / entry.file))
             log(f"built {rel}")
-    return record
+    return TensorRTRecord(versions, profiles(export.max_verify, export.prefill_chunk), WORKSPACE_BYTES, TIMING_CACHE,
+                          BUILD_LOG, plans)
 
 
 def build_plans_if_available(root: Path, graphs: dict[str, dict[str, GraphEntry]], export: ExportConfig,
-                             log: Callable[[str], None] = print, required: bool = False) -> dict[str, Any] | None:
+                             log: Callable[[str], None] = print, required: bool = False) -> TensorRTRecord | None:
     """Plans where TensorRT imports; else one line saying what to install (an error if ``required``)."""
     if not tensorrt_available():
         if required:
@@ -175,8 +175,8 @@ def add_plans(directory: Path, precisions: tuple[str, ...] | None = None, log: C
             (scratch / PLAN_DIR).mkdir(parents=True, exist_ok=True)
             shutil.copy2(directory / TIMING_CACHE, scratch / TIMING_CACHE)
         record = build_plans(scratch, {p: manifest.graphs[p] for p in precisions}, manifest_export(manifest), log)
-        old = manifest.info.get("tensorrt", {}).get("plans", {})
-        record["plans"] = {**{p: v for p, v in old.items() if p not in precisions}, **record["plans"]}
+        old = manifest.tensorrt.plans if manifest.tensorrt else {}
+        record = dataclasses.replace(record, plans={**{p: v for p, v in old.items() if p not in precisions}, **record.plans})
         files = dict(manifest.files)
         for produced in sorted((scratch / PLAN_DIR).rglob("*")):
             if produced.is_file():
@@ -184,7 +184,7 @@ def add_plans(directory: Path, precisions: tuple[str, ...] | None = None, log: C
                 (directory / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(produced, directory / rel)
                 files[rel] = sha256(directory / rel)
-        updated = dataclasses.replace(manifest, files=files, info={**manifest.info, "tensorrt": record})
+        updated = dataclasses.replace(manifest, files=files, tensorrt=record)
         updated.write(scratch)
         os.replace(scratch / MANIFEST, directory / MANIFEST)
     finally:

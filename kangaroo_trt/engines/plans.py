@@ -6,7 +6,7 @@ Layout (beside ``onnx/``)::
     trt/timing.cache                  shared by every build in this directory
     trt/build.log                     TensorRT builder messages
 
-The manifest's ``info["tensorrt"]["plans"][precision][graph]`` holds ``file``, ``onnx`` and ``onnx_sha256``:
+The manifest's ``tensorrt.plans[precision][graph]`` (a ``PlanEntry``) holds ``file``, ``onnx`` and ``onnx_sha256``:
 the sha256 of the ONNX file the plan was built from. A plan is used only if that digest equals the ONNX
 file's digest recorded in the manifest *and* on disk, and the plan file's own recorded digest matches.
 """
@@ -30,19 +30,19 @@ def plan_file(precision: str, graph: str) -> str:
 def fresh_plan(directory: Path, manifest: Manifest, precision: str, graph: str, verify: bool = True) -> Path:
     """The plan of ``graph`` at ``precision``, refusing a missing, stale or corrupt one with a rebuild hint."""
     rebuild = f"run kangaroo-export engines --engine-dir {directory} --precision {precision}"
-    record = manifest.info.get("tensorrt", {}).get("plans", {}).get(precision, {}).get(graph)
+    record = manifest.tensorrt.plans.get(precision, {}).get(graph) if manifest.tensorrt else None
     if record is None:
         raise EngineDirError(f"{directory} has no TensorRT plan for {graph}/{precision}: {rebuild}")
     onnx_rel = manifest.graphs[precision][graph].file
-    if record["onnx"] != onnx_rel or record["onnx_sha256"] != manifest.files.get(onnx_rel):
-        raise EngineDirError(f"{directory}: {record['file']} was built from another {onnx_rel} (stale plan): {rebuild}")
-    plan = directory / record["file"]
+    if record.onnx != onnx_rel or record.onnx_sha256 != manifest.files.get(onnx_rel):
+        raise EngineDirError(f"{directory}: {record.file} was built from another {onnx_rel} (stale plan): {rebuild}")
+    plan = directory / record.file
     if not plan.is_file():
-        raise EngineDirError(f"{directory}: {record['file']} is missing: {rebuild}")
+        raise EngineDirError(f"{directory}: {record.file} is missing: {rebuild}")
     if verify:
-        if sha256(directory / onnx_rel) != record["onnx_sha256"]:
-            raise EngineDirError(f"{directory}: {onnx_rel} changed since {record['file']} was built (stale plan): {rebuild}")
-        recorded = manifest.files.get(record["file"])
+        if sha256(directory / onnx_rel) != record.onnx_sha256:
+            raise EngineDirError(f"{directory}: {onnx_rel} changed since {record.file} was built (stale plan): {rebuild}")
+        recorded = manifest.files.get(record.file)
         if recorded is not None and sha256(plan) != recorded:
-            raise EngineDirError(f"{directory}: {record['file']} does not match its recorded sha256: {rebuild}")
+            raise EngineDirError(f"{directory}: {record.file} does not match its recorded sha256: {rebuild}")
     return plan

@@ -86,7 +86,7 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
         graphs: dict[str, dict[str, GraphEntry]] = {}
         for precision in (p for p in export.precisions if p in DTYPES):
             graphs[precision] = _export_precision(modules, spec, adapter, export, precision, tmp, log)
-        info: dict = {"source_model": model, "adapter": adapter.meta, "versions": _versions(), "opset": export.opset}
+        info: dict = {"adapter": adapter.meta, "versions": _versions(), "opset": export.opset}
         if "int8" in export.precisions:
             graphs["int8"], info["int8"] = _int8(modules, spec, adapter, export, graphs.get("fp32"), tmp, model_dir, eos, log)
         graphs = {p: graphs[p] for p in export.precisions}  # manifest order = the order asked for
@@ -94,17 +94,17 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
             from ..engines.builder import build_plans_if_available
 
             plans = build_plans_if_available(tmp, graphs, export, log, required=export.tensorrt == "require")
-            if plans is not None:
-                info["tensorrt"] = plans
+        else:
+            plans = None
         # The adapter's own weights, so a backend that rebuilds the modules (runner/torch_backend.py) can.
         save_adapter(modules, tmp / ADAPTER_DIR, meta=adapter.meta)
-        info["adapter_dir"] = ADAPTER_DIR
         has_template = _save_tokenizer(model_dir, tmp / "tokenizer")
         files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = Manifest(
             model=spec, adapter=adapter.spec, exit_layer=export.exit_layer, max_seq_len=export.max_seq_len,
             prefill_chunk=export.prefill_chunk, max_verify=export.max_verify, decode=export.decode,
-            eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, info=info,
+            eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, source_model=model,
+            adapter_dir=ADAPTER_DIR, tensorrt=plans, info=info,
         )
         manifest.write(tmp)
         if out.exists():  # --force on an engine directory: swap, then delete the old one

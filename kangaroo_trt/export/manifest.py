@@ -7,11 +7,13 @@ Layout::
     DIR/onnx/<precision>/<graph>.onnx       graph; weights in <graph>.onnx.data beside it
 
 Loaders read the manifest, never file names, and refuse a schema they do not know or a file whose
-sha256 differs from the one recorded.
+sha256 differs from the one recorded. Schema 2 made what the backends need typed fields (``source_model``,
+``adapter_dir``, ``tensorrt``); schema 1 kept them in ``info`` and is still read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -19,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AdapterSpec, DecodeConfig, ModelSpec
+from ..engines.profiles import Profile
 from ..errors import EngineDirError
 from .spec import GraphSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 GRAPHS = ("shallow", "adapter", "deep")
 
@@ -43,6 +47,36 @@ class GraphEntry:
 
 
 @dataclass(frozen=True)
+class PlanEntry:
+    file: str  # trt/<precision>/<graph>.plan
+    onnx: str  # the ONNX file it was built from
+    onnx_sha256: str  # that file's sha256 when the plan was built: a different one makes the plan stale
+
+
+@dataclass(frozen=True)
+class TensorRTRecord:
+    """The TensorRT plans of an engine directory and what they are tied to (``engines/builder.py`` writes it)."""
+
+    versions: dict[str, str]  # tensorrt, cuda, gpu, compute_capability at build time
+    profiles: tuple[Profile, ...]  # in the plans' profile order
+    workspace_bytes: int
+    timing_cache: str
+    build_log: str
+    plans: dict[str, dict[str, PlanEntry]]  # precision -> graph name -> plan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"versions": self.versions, "profiles": [p.to_dict() for p in self.profiles],
+                "workspace_bytes": self.workspace_bytes, "timing_cache": self.timing_cache, "build_log": self.build_log,
+                "plans": {p: {g: dataclasses.asdict(e) for g, e in gs.items()} for p, gs in self.plans.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorRTRecord":
+        return cls(versions=d["versions"], profiles=tuple(Profile(p["name"], *p["n"]) for p in d["profiles"]),
+                   workspace_bytes=d["workspace_bytes"], timing_cache=d["timing_cache"], build_log=d["build_log"],
+                   plans={p: {g: PlanEntry(**e) for g, e in gs.items()} for p, gs in d["plans"].items()})
+
+
+@dataclass(frozen=True)
 class Manifest:
     model: ModelSpec
     adapter: AdapterSpec
@@ -55,9 +89,10 @@ class Manifest:
     has_chat_template: bool
     graphs: dict[str, dict[str, GraphEntry]]  # precision -> graph name -> entry
     files: dict[str, str]  # relative path -> sha256
-    # provenance (source model, adapter meta, library versions, INT8 report) and what the PyTorch and TensorRT
-    # backends need beyond the graphs: "source_model", "adapter_dir", "tensorrt" (plans and their versions)
-    info: dict[str, Any]
+    source_model: str  # what --model named: a bundled name or a local directory (the PyTorch backend rebuilds from it)
+    adapter_dir: str | None  # the adapter's weights, relative (None: an engine directory that predates storing them)
+    tensorrt: TensorRTRecord | None  # None until plans are built
+    info: dict[str, Any]  # provenance only: adapter meta, library versions, opset, INT8 quality report
 
     @property
     def precisions(self) -> list[str]:
@@ -78,6 +113,9 @@ class Manifest:
             "graphs": {p: {g: {"file": e.file, "spec": e.spec.to_dict(), "parity_max_abs_error": e.parity}
                            for g, e in gs.items()} for p, gs in self.graphs.items()},
             "files": self.files,
+            "source_model": self.source_model,
+            "adapter_dir": self.adapter_dir,
+            "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
             "info": self.info,
         }
 
@@ -97,12 +135,17 @@ class Manifest:
         except json.JSONDecodeError as err:
             raise EngineDirError(f"{path} is not valid JSON ({err}): rebuild the engine directory") from err
         version = d.get("schema_version") if isinstance(d, dict) else None
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise EngineDirError(
-                f"{path} has schema version {version!r}, this kangaroo-trt reads version {SCHEMA_VERSION}: "
-                "rebuild the engine directory with this version's kangaroo-export build"
+                f"{path} has schema version {version!r}, this kangaroo-trt reads versions "
+                f"{', '.join(map(str, READABLE_SCHEMAS))}: rebuild the engine directory with this version's kangaroo-export build"
             )
         try:
+            if version == 1:  # schema 1 kept the backends' fields in "info"
+                info = dict(d.get("info", {}))
+                d = {**d, "source_model": info.pop("source_model"), "adapter_dir": info.pop("adapter_dir", None),
+                     "tensorrt": info.pop("tensorrt", None), "info": info}
+            tensorrt = d["tensorrt"]
             return cls(
                 model=ModelSpec.from_dict(d["model"]),
                 adapter=AdapterSpec.from_dict(d["adapter"]),
@@ -116,6 +159,9 @@ class Manifest:
                 graphs={p: {g: GraphEntry(e["file"], GraphSpec.from_dict(e["spec"]), e["parity_max_abs_error"])
                             for g, e in gs.items()} for p, gs in d["graphs"].items()},
                 files=d["files"],
+                source_model=d["source_model"],
+                adapter_dir=d["adapter_dir"],
+                tensorrt=TensorRTRecord.from_dict(tensorrt) if tensorrt else None,
                 info=d.get("info", {}),
             )
         except (KeyError, TypeError) as err:

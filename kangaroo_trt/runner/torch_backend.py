@@ -1,8 +1,8 @@
 """PyTorch backend: the exported modules themselves, on the same static cache buffers, on CPU or CUDA.
 
 It is the numerical reference for the runtime backends and the GPU path wherever TensorRT is absent. The
-modules are rebuilt from the engine directory's recorded source model (``info["source_model"]``: a
-bundled name or a local Hugging Face directory) and its stored adapter (``info["adapter_dir"]``), and must
+modules are rebuilt from the engine directory's recorded source model (``manifest.source_model``: a
+bundled name or a local Hugging Face directory) and its stored adapter (``manifest.adapter_dir``), and must
 match the manifest's model spec. Caches are torch tensors ``[1, kv_heads, S_max, head_dim]`` allocated once
 on the device; each call writes the ``n`` new rows at ``start`` (``Tensor.copy_`` into a slice, no copy of
 the cache). fp32 and fp16 graphs only: the INT8 graphs exist as Q/DQ ONNX and run on ONNX Runtime or
@@ -51,21 +51,21 @@ def rebuild_modules(ref: EngineRef):
     from ..bundled import resolve_model
     from ..model.weights import build_modules, load_adapter
 
-    info = ref.manifest.info
+    manifest = ref.manifest
     if ref.precision not in ("fp32", "fp16"):
         raise BackendError(f"the PyTorch backend runs fp32 and fp16 graphs, not {ref.precision}: "
                            "use --backend onnxruntime-cpu (or tensorrt) for int8")
-    if "adapter_dir" not in info:
+    if manifest.adapter_dir is None:
         raise EngineDirError(f"{ref.directory} does not store its adapter (built by an older kangaroo-trt): "
                              "rebuild it with kangaroo-export build to use the PyTorch backend")
-    ref.manifest.verify_files(ref.directory, (info["adapter_dir"] + "/",))
+    manifest.verify_files(ref.directory, (manifest.adapter_dir + "/",))
     try:
-        model_dir = resolve_model(info["source_model"])
+        model_dir = resolve_model(manifest.source_model)
     except Exception as err:  # a moved local directory, or a bundled package that is not installed
-        raise BackendError(f"the PyTorch backend needs the source model {info['source_model']!r} the engine was "
+        raise BackendError(f"the PyTorch backend needs the source model {manifest.source_model!r} the engine was "
                            f"built from ({err}): install or restore it, or use another --backend") from err
-    modules = build_modules(model_dir, load_adapter(ref.directory / info["adapter_dir"]), ref.manifest.exit_layer)
-    if modules.model_spec != ref.manifest.model:
+    modules = build_modules(model_dir, load_adapter(ref.directory / manifest.adapter_dir), manifest.exit_layer)
+    if modules.model_spec != manifest.model:
         raise EngineDirError(f"{model_dir} is no longer the model {ref.directory} was built from: rebuild the engine directory")
     return modules if ref.precision == "fp32" else modules.to_dtype(torch.float16)
 

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..engines.profiles import Profile, pick, profiles
+from ..engines.profiles import Profile, pick
 from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner
@@ -144,16 +144,17 @@ class TensorRTBackend(Backend):
 
         trt = import_tensorrt()
         cp = import_cupy()
-        record = ref.manifest.info.get("tensorrt", {})
-        built = record.get("versions", {}).get("tensorrt")
-        if built is not None and built != trt.__version__:
+        record = ref.manifest.tensorrt
+        if record is None:
+            raise EngineDirError(f"{ref.directory} has no TensorRT plans: run kangaroo-export engines --engine-dir {ref.directory}")
+        built = record.versions.get("tensorrt")
+        if built != trt.__version__:
             raise EngineDirError(f"{ref.directory}: plans built with TensorRT {built}, runtime is {trt.__version__}: "
                                  f"rebuild with kangaroo-export engines --engine-dir {ref.directory}")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.stream = cp.cuda.Stream(non_blocking=False)
-        available = tuple(Profile(p["name"], *p["n"]) for p in record.get("profiles", [])) or \
-            profiles(ref.manifest.max_verify, ref.manifest.prefill_chunk)
+        available = record.profiles
         use_graphs = cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs
         self._engines, self._runners = {}, {}
         for name, (_, spec) in ref.graphs().items():
