@@ -77,6 +77,26 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_engine(tiny_model, tmp_path_factory):
+    """Factory: tiny_engine(model, **ExportConfig fields) -> (engine directory, build log lines), built once per
+    session for each distinct set of arguments, with a random adapter. Tests must not change what it returns."""
+    from kangaroo_trt.config import ExportConfig
+    from kangaroo_trt.export.build import build_engine_dir
+
+    built: dict[tuple, tuple[Path, list[str]]] = {}
+
+    def get(model: str, **export) -> tuple[Path, list[str]]:
+        key = (model, tuple(sorted(export.items())))
+        if key not in built:
+            out, logs = tmp_path_factory.mktemp(f"engine-{model}") / "engine", []
+            build_engine_dir(str(tiny_model(model)), out, ExportConfig(**export), allow_random_adapter=True, log=logs.append)
+            built[key] = out, logs
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from kangaroo_trt.bundled import resolve_model
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.errors import BackendError
-from kangaroo_trt.export.build import build_engine_dir
 from kangaroo_trt.export.manifest import Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 from kangaroo_trt.runner.backend import EngineRef
@@ -35,11 +33,9 @@ gpu = pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with a CUDA bu
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("backends") / "engine"
-    build_engine_dir(str(tiny_model("llama-mha-untied")), out, ExportConfig(max_seq_len=96, prefill_chunk=8,
-                     precisions=("fp32", "fp16", "int8"), tensorrt="off"), allow_random_adapter=True, log=lambda _: None)
-    return out
+def engine_dir(tiny_engine):
+    return tiny_engine("llama-mha-untied", max_seq_len=96, prefill_chunk=8, precisions=("fp32", "fp16", "int8"),
+                       tensorrt="off")[0]
 
 
 def _graphs(directory, precision):

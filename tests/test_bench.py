@@ -13,9 +13,7 @@ from kangaroo_trt.bench.metrics import pooled_acceptance, question_speed, speedu
 from kangaroo_trt.bench.questions import SPEC_BENCH_TASKS, default_questions_path, tasks_in
 from kangaroo_trt.bench.runner import BenchRunner
 from kangaroo_trt.cli import bench_cli
-from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.errors import InputError
-from kangaroo_trt.export.build import build_engine_dir
 from kangaroo_trt.runner.api import KangarooEngine
 
 PROMPT = "the quick brown fox jumps over the lazy dog"
@@ -29,11 +27,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "engine"
-    build_engine_dir(str(tiny_model("llama-gqa-tied")), out, ExportConfig(max_seq_len=128), allow_random_adapter=True,
-                     log=lambda _: None)
-    return out
+def engine_dir(tiny_engine):
+    return tiny_engine("llama-gqa-tied", max_seq_len=128)[0]
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,13 @@ import pytest
 from click.testing import CliRunner
 
 from kangaroo_trt.cli import export_cli, run_cli
-from kangaroo_trt.config import ExportConfig
-from kangaroo_trt.export.build import build_engine_dir
 
 STATS_KEYS = {"tokens_per_s", "rounds", "mean_accepted", "accepted_by_position", "ctar", "backend", "precision", "mode"}
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "engine"
-    build_engine_dir(str(tiny_model("llama-gqa-tied")), out, ExportConfig(max_seq_len=64), allow_random_adapter=True,
-                     log=lambda _: None)
-    return out
+def engine_dir(tiny_engine):
+    return tiny_engine("llama-gqa-tied", max_seq_len=64)[0]
 
 
 def _run(args):

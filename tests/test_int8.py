@@ -9,8 +9,6 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from kangaroo_trt.config import ExportConfig
-from kangaroo_trt.export.build import build_engine_dir
 from kangaroo_trt.export.manifest import GRAPHS, Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 
@@ -18,12 +16,8 @@ PROMPTS = ["the quick brown fox", "kangaroo decoding drafts with shallow layers"
 
 
 @pytest.fixture(scope="module")
-def int8_engine(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("int8") / "engine"
-    logs: list[str] = []
-    build_engine_dir(str(tiny_model("llama-gqa-tied")), out, ExportConfig(max_seq_len=96, prefill_chunk=16,
-                     precisions=("fp32", "int8"), tensorrt="off"), allow_random_adapter=True, log=logs.append)
-    return out, logs
+def int8_engine(tiny_engine):
+    return tiny_engine("llama-gqa-tied", max_seq_len=96, prefill_chunk=16, precisions=("fp32", "int8"), tensorrt="off")
 
 
 def _load(path):

@@ -25,12 +25,8 @@ tensorrt_missing = pytest.mark.skipif(builder.tensorrt_available(), reason="Tens
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trtops") / "engine"
-    logs: list[str] = []
-    build_engine_dir(str(tiny_model("mistral-gqa")), out, ExportConfig(max_seq_len=64, prefill_chunk=16,
-                     precisions=("fp32", "fp16", "int8")), allow_random_adapter=True, log=logs.append)
-    return out, logs
+def engine(tiny_engine):
+    return tiny_engine("mistral-gqa", max_seq_len=64, prefill_chunk=16, precisions=("fp32", "fp16", "int8"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

@@ -25,15 +25,11 @@ import numpy as np
 from ..config import DecodeConfig
 from ..export.spec import GraphSpec
 from ..runner.backend import Backend
-from ..runner.decode import Decoder
+from ..runner.decode import Decoder, Transcript, positions
 from ..runner.equality import first_difference
 from ..runner.stats import AcceptanceLog
 
 Graphs = dict[str, tuple[Path, GraphSpec]]
-
-
-def _positions(start: int, n: int) -> np.ndarray:
-    return np.arange(start, start + n, dtype=np.int64)[None]
 
 
 def _chunks(total: int, chunk: int):
@@ -42,14 +38,14 @@ def _chunks(total: int, chunk: int):
 
 def exit_states(backend: Backend, ids: list[int], chunk: int) -> np.ndarray:
     runner = backend.graph("shallow")
-    return np.concatenate([runner.run({"input_ids": np.array([ids[a:b]], np.int64), "position_ids": _positions(a, b - a)},
+    return np.concatenate([runner.run({"input_ids": np.array([ids[a:b]], np.int64), "position_ids": positions(a, b - a)},
                                       a)["hidden"].copy() for a, b in _chunks(len(ids), chunk)], axis=1)
 
 
 def head_ids(backend: Backend, graph: str, hidden: np.ndarray, chunk: int) -> np.ndarray:
     """Teacher-forced argmax ids of the ``deep`` (target_ids) or ``adapter`` (draft_ids) graph on ``hidden``."""
     runner, key = backend.graph(graph), "target_ids" if graph == "deep" else "draft_ids"
-    return np.concatenate([runner.run({"hidden": hidden[:, a:b], "position_ids": _positions(a, b - a)}, a)[key][0].copy()
+    return np.concatenate([runner.run({"hidden": hidden[:, a:b], "position_ids": positions(a, b - a)}, a)[key][0].copy()
                            for a, b in _chunks(hidden.shape[1], chunk)])
 
 
@@ -67,17 +63,13 @@ def agreement(fp32: Backend, int8: Backend, ids: list[int], chunk: int) -> dict[
     }
 
 
-def _decode(decoder: Decoder, ids: list[int], mode: str, config: DecodeConfig):
-    """Tokens, acceptance log, seconds, and the target's top-1 minus top-2 logit per token."""
-    log, tokens, margins, t = AcceptanceLog(), [], [], perf_counter()
-    decoder.record_margins = True
-    for step, _ in decoder.generate(ids, mode, config):
-        tokens += step.tokens
-        margins += step.margins[:len(step.tokens)]
-        if step.tokens:
-            log.add(len(step.drafts), step.accepted, len(step.tokens))
-    decoder.record_margins = False
-    return tokens, log, perf_counter() - t, margins
+def _decode(decoder: Decoder, ids: list[int], mode: str, config: DecodeConfig) -> tuple[Transcript, float]:
+    """The generation (with the target's top-1 minus top-2 logit per token) and its seconds."""
+    done, t = Transcript(), perf_counter()
+    for step, stop in decoder.generate(ids, mode, config, record_margins=True):
+        if not done.add(step, stop):
+            break
+    return done, perf_counter() - t
 
 
 def decoding(backends: dict[str, Backend], prompts: list[list[int]], eos_ids: tuple[int, ...], prefill_chunk: int,
@@ -89,14 +81,15 @@ def decoding(backends: dict[str, Backend], prompts: list[list[int]], eos_ids: tu
         decoder = Decoder(backend, eos_ids, prefill_chunk)
         log, ar_s, ar_tokens, mismatches = AcceptanceLog(), 0.0, 0, []
         for k, ids in enumerate(prompts):
-            ar, _, seconds, margins = _decode(decoder, ids, "ar", config)
-            ar_s, ar_tokens = ar_s + seconds, ar_tokens + len(ar)
-            kangaroo, rounds, _, k_margins = _decode(decoder, ids, "kangaroo", config)
-            log.extend(rounds)
-            if kangaroo != ar:  # where, and how close AR's top-2 logits were there (a near-tie or not)
-                i = first_difference(kangaroo, ar)
-                mismatches.append({"prompt": k, "first_difference": i, "ar_margin": margins[i] if i < len(margins) else None,
-                                   "kangaroo_margin": k_margins[i] if i < len(k_margins) else None})
+            ar, seconds = _decode(decoder, ids, "ar", config)
+            ar_s, ar_tokens = ar_s + seconds, ar_tokens + len(ar.tokens)
+            kangaroo, _ = _decode(decoder, ids, "kangaroo", config)
+            log.extend(kangaroo.acceptance)
+            if kangaroo.tokens != ar.tokens:  # where, and how close AR's top-2 logits were there (a near-tie or not)
+                i = first_difference(kangaroo.tokens, ar.tokens)
+                mismatches.append({"prompt": k, "first_difference": i,
+                                   "ar_margin": ar.margins[i] if i < len(ar.margins) else None,
+                                   "kangaroo_margin": kangaroo.margins[i] if i < len(kangaroo.margins) else None})
         out["acceptance"][precision] = log.mean_accepted
         out["ar_ms_per_token"][precision] = 1000 * ar_s / max(ar_tokens, 1)
         out["lossless"][precision] = not mismatches

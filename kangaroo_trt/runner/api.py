@@ -22,8 +22,8 @@ from ..errors import ConfigError, InputError
 from ..export.manifest import Manifest
 from .backend import EngineRef
 from .backends import open_backend
-from .decode import Decoder, MODES
-from .stats import AcceptanceLog, GenerationStats
+from .decode import Decoder, MODES, Transcript
+from .stats import GenerationStats
 
 
 @dataclass
@@ -122,28 +122,22 @@ class KangarooEngine:
         if not self._lock.acquire(blocking=False):
             raise InputError("this engine is already serving a request: requests are served one at a time")
         try:
-            decoder = self.decoder
-            decoder.record_margins = record_margins
-            decoder.timings = dict.fromkeys(decoder.timings, 0.0)
-            log, output, margins, shown, stop = AcceptanceLog(), [], [], "", None
+            decoder, done, shown = self.decoder, Transcript(), ""
             start = perf_counter()
-            for step, stop in decoder.generate(prompt_ids, mode, config):
-                if not step.tokens:
+            for step, stop in decoder.generate(prompt_ids, mode, config, record_margins):
+                if not done.add(step, stop):
                     break
-                output += step.tokens
-                margins += step.margins
-                log.add(len(step.drafts), step.accepted, len(step.tokens))
                 if text:
-                    piece, shown = self._new_text(output, shown)
+                    piece, shown = self._new_text(done.tokens, shown)
                     if piece:
                         yield piece
             total = perf_counter() - start
             gamma = config.gamma if mode == "kangaroo" else 0
-            stats = GenerationStats(mode, self.backend.name, self.backend.device, self.precision, gamma, config.tau, len(output),
-                                    len(prompt_ids), total, decoder.timings["prefill"], decoder.timings["draft"],
-                                    decoder.timings["verify"], log)
-            return GenerationResult(prompt_ids, output, self.tokenizer.decode(output, skip_special_tokens=True), stop,
-                                    stats, margins if record_margins else None)
+            stats = GenerationStats(mode, self.backend.name, self.backend.device, self.precision, gamma, config.tau,
+                                    len(done.tokens), len(prompt_ids), total, decoder.timings["prefill"],
+                                    decoder.timings["draft"], decoder.timings["verify"], done.acceptance)
+            return GenerationResult(prompt_ids, done.tokens, self.tokenizer.decode(done.tokens, skip_special_tokens=True),
+                                    done.stop, stats, done.margins if record_margins else None)
         finally:
             self._lock.release()
 

@@ -12,6 +12,7 @@ same ``n``; copy them to keep them longer.
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ import numpy as np
 from ..errors import InputError
 from ..export.manifest import Manifest
 from ..export.spec import GraphSpec
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` is installed (without importing it)."""
+    return importlib.util.find_spec(module) is not None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Cache bookkeeping (slot i holds position i, slots at or past a length are stale 
   went through the adapter, so ``adapter_backlog`` keeps the exit states of positions
   ``[adapter_len, p)`` and the next round feeds them to the adapter together with ``f_0``.
 
-The loop is a generator of rounds; timing, streaming and metrics live in the caller.
+The loop is a generator of rounds; ``Transcript`` collects them (tokens, acceptance, margins, stop reason),
+and timing and streaming live in the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from ..config import DecodeConfig
 from ..errors import InputError
 from .backend import Backend
+from .stats import AcceptanceLog
 
 MODES = ("kangaroo", "ar")
 
@@ -41,6 +43,26 @@ class CacheLengths:
     shallow: int = 0
     deep: int = 0
     adapter: int = 0
+
+
+@dataclass
+class Transcript:
+    """What one generation committed, round by round: the one place that adds rounds up."""
+
+    tokens: list[int] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)  # per token, when the decoder records margins
+    acceptance: AcceptanceLog = field(default_factory=AcceptanceLog)
+    stop: str | None = None  # "eos" | "max_new_tokens" | "cache_full" once done
+
+    def add(self, step: Round, stop: str | None) -> bool:
+        """Record one round from ``Decoder.generate``; False once a round commits nothing (the cache is full)."""
+        self.stop = stop
+        if not step.tokens:
+            return False
+        self.tokens += step.tokens
+        self.margins += step.margins[:len(step.tokens)]  # a round cut at EOS keeps only its committed tokens' margins
+        self.acceptance.add(len(step.drafts), step.accepted, len(step.tokens))
+        return True
 
 
 def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
@@ -69,15 +91,15 @@ class Decoder:
 
     # --- graph calls (each writes its cache rows at `start`) -------------------------------------------
     def _shallow(self, ids: list[int], start: int) -> np.ndarray:
-        out = self.shallow.run({"input_ids": np.array([ids], np.int64), "position_ids": _positions(start, len(ids))}, start)
+        out = self.shallow.run({"input_ids": np.array([ids], np.int64), "position_ids": positions(start, len(ids))}, start)
         return out["hidden"].copy()
 
     def _adapter(self, hidden: np.ndarray, start: int) -> tuple[int, float]:
-        out = self.adapter.run({"hidden": hidden, "position_ids": _positions(start, hidden.shape[1])}, start)
+        out = self.adapter.run({"hidden": hidden, "position_ids": positions(start, hidden.shape[1])}, start)
         return int(out["draft_ids"][0, -1]), float(out["draft_confidence"][0, -1])
 
     def _deep(self, hidden: np.ndarray, start: int) -> tuple[list[int], np.ndarray]:
-        out = self.deep.run({"hidden": hidden, "position_ids": _positions(start, hidden.shape[1])}, start)
+        out = self.deep.run({"hidden": hidden, "position_ids": positions(start, hidden.shape[1])}, start)
         return out["target_ids"][0].tolist(), out["logits"][0]
 
     # --- decoding ---------------------------------------------------------------------------------------
@@ -148,10 +170,15 @@ class Decoder:
         self.adapter_backlog = known[self.lengths.adapter - first:p + n_committed - first]
         assert len(self.adapter_backlog) == self.lengths.shallow - self.lengths.adapter, "adapter backlog out of step"
 
-    def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig):
-        """Yield each round's committed tokens (already cut at EOS / max_new_tokens) until done."""
+    def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool = False):
+        """Yield (round, stop) per round, its tokens already cut at EOS / max_new_tokens, until done.
+
+        ``timings`` restart at zero; ``record_margins`` fills each round's target top-1 minus top-2 logits.
+        """
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.timings = dict.fromkeys(self.timings, 0.0)
+        self.record_margins = record_margins
         kangaroo = mode == "kangaroo"
         self.prefill(prompt_ids, with_adapter=kangaroo)
         t0, p, produced = prompt_ids[-1], len(prompt_ids) - 1, 0
@@ -189,5 +216,6 @@ class Decoder:
         return [top2_margin(logits[i]) for i in range(count)] if self.record_margins else []
 
 
-def _positions(start: int, n: int) -> np.ndarray:
+def positions(start: int, n: int) -> np.ndarray:
+    """``position_ids`` [1, n] for n new tokens from ``start``."""
     return np.arange(start, start + n, dtype=np.int64)[None]

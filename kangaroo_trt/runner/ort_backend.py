@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import BackendError
 from ..export.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner, importable
 
 
 def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
@@ -82,11 +82,7 @@ class OrtCpuBackend(Backend):
 
     @classmethod
     def available(cls) -> bool:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importable("onnxruntime")
 
     def __init__(self, graphs: dict[str, tuple[Path, GraphSpec]], threads: int | None = None) -> None:
         if not self.available():

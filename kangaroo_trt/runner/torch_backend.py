@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner, importable
 
 
 class TorchGraphRunner(GraphRunner):
@@ -95,11 +95,7 @@ class TorchCpuBackend(_TorchBackend):
 
     @classmethod
     def available(cls) -> bool:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importable("torch")
 
 
 class TorchCudaBackend(_TorchBackend):
