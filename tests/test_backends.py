@@ -14,7 +14,7 @@ from kangaroo_trt.export.manifest import Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 from kangaroo_trt.runner.backend import EngineRef
 from kangaroo_trt.runner.backends import AUTO_ORDER, BACKENDS, open_backend
-from kangaroo_trt.runner.trt_backend import prefix_view
+from kangaroo_trt.runner.backend import prefix_view
 
 PROMPTS = ["the quick brown fox jumps", "def add(a, b):"]
 GRID = ((1, 0.0), (3, 0.0), (6, 0.6))  # (gamma, tau): one draft, full drafts, early exit by confidence
@@ -122,9 +122,14 @@ def test_prefix_view_shares_the_buffer():
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", ["1", "0"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_torch_cuda_kangaroo_equals_ar(engine_dir, precision):
-    _lossless(KangarooEngine.open(engine_dir, backend="torch-cuda", precision=precision))
+def test_torch_cuda_kangaroo_equals_ar(engine_dir, precision, cuda_graphs, monkeypatch):
+    monkeypatch.setenv("KANGAROO_TRT_CUDA_GRAPHS", cuda_graphs)
+    engine = KangarooEngine.open(engine_dir, backend="torch-cuda", precision=precision)
+    _lossless(engine)
+    captured = {name: sorted(engine.backend.graph(name)._graphs) for name in ("shallow", "adapter", "deep")}
+    assert all(captured.values()) == (cuda_graphs == "1"), captured  # step shapes were captured, and replayed since
 
 
 @gpu

@@ -71,8 +71,8 @@ def attention_mask(position_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor
     past_ok = slots[None, :] < past_len[:, None]  # [1, S]
     new_ok = pos[None, :] <= pos[:, None]  # [n, n] causal
     ok = torch.cat((past_ok.expand(pos.shape[0], max_seq_len), new_ok), dim=-1)
-    zero = torch.zeros((), dtype=torch.float32)
-    return torch.where(ok, zero, torch.full((), MASKED))
+    zero = torch.zeros((), dtype=torch.float32, device=pos.device)  # on the graph's device: capturable on CUDA
+    return torch.where(ok, zero, torch.full((), MASKED, device=pos.device))
 
 
 class Attention(nn.Module):

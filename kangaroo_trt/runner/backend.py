@@ -13,6 +13,7 @@ same ``n``; copy them to keep them longer.
 from __future__ import annotations
 
 import importlib.util
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,20 @@ import numpy as np
 from ..errors import InputError
 from ..export.manifest import Manifest
 from ..export.spec import GraphSpec
+
+
+def prefix_view(buffer, shape: tuple[int, ...]):
+    """The contiguous first ``prod(shape)`` elements of a max-size buffer, as an array of ``shape``.
+
+    numpy, CuPy and torch alike: a call with ``n`` tokens uses this view of a buffer sized for the largest ``n``,
+    so the tensor addresses a CUDA graph captured stay fixed.
+    """
+    return buffer.ravel()[: int(np.prod(shape))].reshape(shape)
+
+
+def cuda_graphs_enabled() -> bool:
+    """CUDA graph capture of the step shapes (TensorRT and PyTorch CUDA backends); KANGAROO_TRT_CUDA_GRAPHS=0 turns it off."""
+    return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"
 
 
 def importable(module: str) -> bool:
@@ -61,6 +76,11 @@ class GraphRunner(ABC):
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray], start: int, n: int) -> dict[str, np.ndarray]:
         ...
+
+    def _views(self, buffers: dict, n: int) -> dict:
+        """Each max-size token buffer (name -> buffer) as its prefix for a call with ``n`` new tokens."""
+        shapes = {t.name: t.concrete(n) for t in (*self.spec.token_inputs, *self.spec.outputs)}
+        return {name: prefix_view(buffer, shapes[name]) for name, buffer in buffers.items()}
 
     def _write_rows(self, outputs: dict, start: int, n: int) -> None:
         """Copy each layer's n new rows (``present_*``) into ``self.caches`` at slots ``start .. start + n``.

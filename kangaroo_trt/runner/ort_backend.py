@@ -110,10 +110,8 @@ class OrtCudaGraphRunner(GraphRunner):
         bind(name, "cuda", 0, np.dtype(array.dtype), list(array.shape), array.data.ptr)
 
     def _run(self, feeds, start, n):
-        from .trt_backend import prefix_view
-
         cp = self._cp
-        views = {t.name: prefix_view(self._buffers[t.name], t.concrete(n)) for t in (*self.spec.token_inputs, *self.spec.outputs)}
+        views = self._views(self._buffers, n)
         for t in self.spec.token_inputs:
             src = feeds[t.name]
             if isinstance(src, np.ndarray):

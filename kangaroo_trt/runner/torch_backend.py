@@ -3,14 +3,21 @@
 It is the numerical reference for the runtime backends and the GPU path wherever TensorRT is absent. The
 modules are rebuilt from the engine directory's recorded source model (``manifest.source_model``: a
 bundled name or a local Hugging Face directory) and its stored adapter (``manifest.adapter_dir``), and must
-match the manifest's model spec. Caches are torch tensors ``[1, kv_heads, S_max, head_dim]`` allocated once
-on the device; each call writes the ``n`` new rows at ``start`` (``Tensor.copy_`` into a slice, no copy of
-the cache). fp32 and fp16 graphs only: the INT8 graphs exist as Q/DQ ONNX and run on ONNX Runtime or
-TensorRT.
+match the manifest's model spec. fp32 and fp16 graphs only: the INT8 graphs exist as Q/DQ ONNX and run on
+ONNX Runtime or TensorRT.
 
-Returned arrays are numpy copies of the token outputs (on CUDA: one small device-to-host copy per call).
-Verified on CPU (tests/test_backends.py); the CUDA path is the same code on ``device="cuda"`` and is
-exercised only by the GPU-marked tests (scripts/gpu_check.sh), which have not run in this project yet.
+Per graph (``TorchGraphRunner``), everything a call touches is allocated once: the caches
+``[1, kv_heads, S_max, head_dim]`` and the token inputs at their largest ``n`` (a call uses the prefix).
+A step runs the module on those buffers and writes its ``n`` new cache rows with ``index_copy_`` at the
+slots named by the ``position_ids`` buffer, so the step has no host-side offsets. On CUDA, with CUDA graphs
+on (the default; ``KANGAROO_TRT_CUDA_GRAPHS=0`` turns them off), the first call of each step shape
+(``n <= max_verify``) runs eagerly on a side stream and then captures the step; later calls with that ``n``
+copy their feeds into the buffers and replay it. Prefill chunks run eagerly.
+
+Returned arrays are numpy copies of the token outputs (on CUDA one small device-to-host copy per call,
+which is also the call's synchronization). Verified on CPU (tests/test_backends.py: the same code path,
+minus capture). The CUDA path, capture included, runs only in the GPU-marked tests (scripts/gpu_check.sh),
+which have not run in this project yet.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import numpy as np
 
 from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner, importable
+from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled, importable
 
 
 class TorchGraphRunner(GraphRunner):
-    def __init__(self, module, spec: GraphSpec, device: str) -> None:
+    def __init__(self, module, spec: GraphSpec, device: str, max_n: int, capture_up_to: int = 0) -> None:
+        """``max_n``: the largest call; ``capture_up_to``: capture CUDA graphs for calls with n up to this (0: never)."""
         import torch
 
         super().__init__(spec)
@@ -33,14 +41,47 @@ class TorchGraphRunner(GraphRunner):
         for c in spec.caches:
             for name in (c.past_key, c.past_value):
                 self.caches[name] = torch.zeros(c.shape, dtype=getattr(torch, c.dtype), device=self.device)
+        self._inputs = {t.name: torch.zeros(t.concrete(max_n), dtype=getattr(torch, t.dtype), device=self.device)
+                        for t in spec.token_inputs}
+        self._capture_up_to = capture_up_to if self.device.type == "cuda" else 0
+        self._graphs: dict[int, tuple[object, dict]] = {}  # n -> (torch.cuda.CUDAGraph, its static outputs)
+
+    def _step(self, n: int) -> dict:
+        """One call on the bound buffers: the module, then its new cache rows written at the slots of ``position_ids``."""
+        inputs = self._views(self._inputs, n)
+        outputs = dict(zip(self.spec.output_names, self.module(*(self.caches.get(t.name, inputs.get(t.name))
+                                                                  for t in self.spec.inputs))))
+        slots = inputs["position_ids"][0]
+        for c in self.spec.caches:  # same rows as GraphRunner._write_rows, addressed by data so a graph can hold it
+            self.caches[c.past_key].index_copy_(2, slots, outputs[c.present_key])
+            self.caches[c.past_value].index_copy_(2, slots, outputs[c.present_value])
+        return outputs
+
+    def _capture(self, n: int) -> dict:
+        """Run the step eagerly on a side stream (warm-up and this call's result), then capture it for later calls."""
+        torch = self._torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            outputs = self._step(n)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # recorded, not run: rerunning the step would write the same rows anyway
+            self._graphs[n] = graph, self._step(n)
+        return outputs
 
     def _run(self, feeds, start, n):
         torch = self._torch
-        args = [self.caches[t.name] if t.name in self.caches else torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(self.device)
-                for t in self.spec.inputs]
-        with torch.inference_mode():
-            outputs = dict(zip(self.spec.output_names, self.module(*args)))
-            self._write_rows(outputs, start, n)
+        for name, view in self._views(self._inputs, n).items():
+            view.copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])))
+        with torch.no_grad():
+            if n in self._graphs:
+                graph, outputs = self._graphs[n]
+                graph.replay()
+            elif n <= self._capture_up_to:
+                outputs = self._capture(n)
+            else:
+                outputs = self._step(n)
         return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
 
 
@@ -75,7 +116,7 @@ class _TorchBackend(Backend):
     def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":
         return cls(engine, threads)
 
-    def __init__(self, engine: EngineRef, threads: int | None = None) -> None:
+    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
         if not self.available():
             raise BackendError(f"backend {self.name} is not available: it needs torch" +
                                (" with CUDA and an NVIDIA GPU" if self.device == "cuda" else ""))
@@ -84,8 +125,10 @@ class _TorchBackend(Backend):
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
         modules = rebuild_modules(engine).to(self.device)
-        self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device)
-                         for name, (_, spec) in engine.graphs().items()}
+        m = engine.manifest
+        capture = m.max_verify if (cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs) else 0
+        self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device, max(m.prefill_chunk, m.max_verify),
+                                                capture) for name, (_, spec) in engine.graphs().items()}
 
 
 class TorchCpuBackend(_TorchBackend):

@@ -14,8 +14,9 @@ Per graph (``TrtGraphRunner``):
 * ``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3`` on the backend's stream; the ``n``
   new cache rows are then copied to slots ``start .. start + n`` on the same stream (device to device);
 * CUDA graphs (``cuda_graphs=True``, the default; ``KANGAROO_TRT_CUDA_GRAPHS=0`` turns them off): the first
-  call of each (profile, n) runs normally, then captures the enqueue; later calls with that n replay it.
-  Positions and the cache length are data (``position_ids``), so one graph serves every ``start``.
+  call of each step shape (n <= max_verify, step profile) runs normally, then captures the enqueue; later
+  calls with that n replay it. Positions and the cache length are data (``position_ids``), so one graph
+  serves every ``start``. Prefill chunks (one-off lengths) are never captured.
 
 Host round trips: outputs are returned as CuPy arrays, which the decoding loop handles through the numpy
 API (``np.concatenate`` dispatches to CuPy; exit states stay on the device). Only the loop's
@@ -27,7 +28,6 @@ Ownership: returned arrays are views of the runner's output buffers, valid until
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 import numpy as np
@@ -35,7 +35,7 @@ import numpy as np
 from ..engines.profiles import Profile, pick
 from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
 
 CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
 
@@ -47,15 +47,6 @@ def import_cupy():
     except ImportError as err:
         raise BackendError(CUPY_HINT) from err
     return cupy
-
-
-def prefix_view(buffer, shape: tuple[int, ...]):
-    """The contiguous first ``prod(shape)`` elements of a max-size buffer, as an array of ``shape``."""
-    return buffer.ravel()[: int(np.prod(shape))].reshape(shape)
-
-
-def cuda_graphs_enabled() -> bool:
-    return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"
 
 
 class TrtGraphRunner(GraphRunner):
@@ -82,9 +73,6 @@ class TrtGraphRunner(GraphRunner):
                              for t in (*spec.token_inputs, *spec.outputs)}
         self._graphs: dict[tuple[int, int], object] = {}  # (profile, n) -> captured cupy.cuda.Graph
 
-    def _views(self, n: int) -> dict:
-        return {t.name: prefix_view(self._buffers[t.name], t.concrete(n)) for t in (*self.spec.token_inputs, *self.spec.outputs)}
-
     def _enqueue(self, profile: int, n: int, views: dict) -> None:
         context = self._contexts[profile]
         for t in self.spec.token_inputs:
@@ -98,7 +86,7 @@ class TrtGraphRunner(GraphRunner):
 
     def _run(self, feeds, start, n):
         profile = pick(self._profiles, n)
-        views = self._views(n)
+        views = self._views(self._buffers, n)
         with self._stream:
             for t in self.spec.token_inputs:
                 src = feeds[t.name]
@@ -111,7 +99,7 @@ class TrtGraphRunner(GraphRunner):
                 graph.launch(self._stream)
             else:
                 self._enqueue(profile, n, views)
-                if self._cuda_graphs:  # warm-up done above: capture this shape for the next calls
+                if self._cuda_graphs and self._profiles[profile].name == "step":  # warm-up done: capture for next calls
                     self._stream.begin_capture()
                     self._enqueue(profile, n, views)
                     self._graphs[(profile, n)] = self._stream.end_capture()
