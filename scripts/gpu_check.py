@@ -4,14 +4,17 @@
 
 Builds one engine directory (with the model's shipped adapter, else a random one: then expect no speedup),
 then, for every backend that is available here
-(tensorrt, onnxruntime-cuda, torch-cuda, and onnxruntime-cpu as the baseline) and every precision it can
-run, generates each prompt with AR and with Kangaroo and prints tokens/s, the speedup, tokens per deep pass,
-and whether Kangaroo's tokens equal AR's. Exits 1 if any pair differs. Not run in this project yet (no GPU).
+(tensorrt, onnxruntime-cuda, torch-cuda, and onnxruntime-cpu as the baseline; the CUDA-graph backends with
+graphs on and off) and every precision it can run, generates each prompt with AR and with Kangaroo and
+prints tokens/s, the speedup, tokens per deep pass, and whether Kangaroo's tokens equal AR's. Exits 1 if
+any pair differs. Not run in this project yet (no GPU). On a machine without the bundled model package,
+scripts/gpu_carry.sh brings its weights along.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# (backend, CUDA graphs "1"/"0", or None where the backend has no such switch)
+VARIANTS = (("tensorrt", "1"), ("tensorrt", "0"), ("onnxruntime-cuda", None), ("torch-cuda", "1"), ("torch-cuda", "0"),
+            ("onnxruntime-cpu", None))
 PROMPTS = (
     "Write a short note to a neighbour about a lost cat.",
     "Explain in two sentences how a bicycle gear works.",
@@ -71,15 +77,18 @@ def main() -> int:
     print(f"built {engine_dir} in {time.perf_counter() - t:.0f} s")
 
     rows, failures = [], 0
-    for name in ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu"):
+    for name, graphs in VARIANTS:
+        label = name if graphs is None else f"{name} (CUDA graphs {'on' if graphs == '1' else 'off'})"
         if not BACKENDS[name].available():
-            rows.append((name, "-", "not available", "", "", "", ""))
+            rows.append((label, "-", "not available", "", "", "", ""))
             continue
+        if graphs is not None:
+            os.environ["KANGAROO_TRT_CUDA_GRAPHS"] = graphs
         for precision in precisions:
             try:
                 engine = KangarooEngine.open(engine_dir, backend=name, precision=precision)
             except Exception as err:  # e.g. no TensorRT plans: report and go on
-                rows.append((name, precision, f"cannot open: {str(err)[:60]}", "", "", "", ""))
+                rows.append((label, precision, f"cannot open: {str(err)[:60]}", "", "", "", ""))
                 continue
             engine.generate(PROMPTS[0], chat=engine.manifest.has_chat_template, max_new_tokens=8)  # warm-up
             ar_s = k_s = ar_n = k_n = passes = 0.0
@@ -93,7 +102,7 @@ def main() -> int:
                 k_s, k_n, passes = k_s + k.stats.total_s, k_n + k.stats.new_tokens, passes + k.stats.acceptance.rounds
             failures += not same
             ar_tps, k_tps = ar_n / ar_s, k_n / k_s
-            rows.append((name, precision, "ok" if same else "MISMATCH", f"{ar_tps:.1f}", f"{k_tps:.1f}",
+            rows.append((label, precision, "ok" if same else "MISMATCH", f"{ar_tps:.1f}", f"{k_tps:.1f}",
                          f"{k_tps / ar_tps:.2f}x", f"{k_n / max(passes, 1):.2f}"))
 
     header = ("backend", "precision", "kangaroo==ar", "AR tok/s", "Kangaroo tok/s", "speedup", "tokens/deep pass")
