@@ -170,11 +170,20 @@ class AdapterSpec:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Kangaroo decoding knobs. gamma: max drafts per round; tau: stop drafting below this confidence."""
+    """Kangaroo decoding knobs. gamma: max drafts per round; tau: stop drafting below this confidence.
+
+    temperature 0 (the default) is greedy decoding, token for token equal to plain greedy decoding; above 0,
+    tokens are sampled from the target's logits / temperature, restricted to the top_k (0: all) tokens and
+    the top_p nucleus, with lossless speculative sampling (``runner/verify.py``); ``seed`` makes it repeatable.
+    """
 
     gamma: int = 6
     tau: float = 0.6
     max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
@@ -183,6 +192,16 @@ class DecodeConfig:
             raise ConfigError(f"tau must lie in [0, 1], got {self.tau!r}: it is a softmax-probability threshold")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0.0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}: 0 decodes greedily")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0, got {self.top_k!r}: 0 keeps every token")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p!r}: 1 keeps every token")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,38 @@ def tiny_engine(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def oracle_engine(tmp_path_factory):
+    """A model whose deep layers add nothing and whose adapter reproduces the final norm: every draft is right.
+
+    The deep layers' o_proj and down_proj are zero (their residual branches vanish) and the adapter's o_proj is
+    zero with RMSNorm_2 = the final norm, so draft logits == target logits and all gamma drafts are accepted.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from kangaroo_trt.config import AdapterSpec, ExportConfig, ModelSpec
+    from kangaroo_trt.export.build import build_engine_dir
+    from kangaroo_trt.model.weights import AdapterCheckpoint, load_hf_config, random_adapter
+    from kangaroo_trt.runner.api import KangarooEngine
+
+    directory = make_tiny_model(tmp_path_factory.mktemp("oracle"), "llama-gqa-tied", seed=3)
+    weights = load_file(directory / "model.safetensors")
+    for key in weights:
+        layer = int(key.split(".")[2]) if key.startswith("model.layers.") else -1
+        if layer >= 2 and key.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[key] = torch.zeros_like(weights[key])
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)))
+    adapter = random_adapter(spec, seed=1)
+    adapter.tensors["layers.0.self_attn.o_proj.weight"].zero_()
+    adapter.tensors["norm.weight"] = weights["model.norm.weight"].clone()
+    out = tmp_path_factory.mktemp("oracle-engine") / "e"
+    build_engine_dir(str(directory), out, ExportConfig(max_seq_len=128, prefill_chunk=8),
+                     adapter=AdapterCheckpoint(spec, adapter.tensors, 2, {"source": "oracle"}), log=lambda _: None)
+    return KangarooEngine.open(out)
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from kangaroo_trt.bundled import resolve_model
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CONFIGS, make_tiny_model
+from conftest import TINY_CONFIGS
 from lossless import NearTies
 from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.errors import ConfigError, InputError
 from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.model.weights import AdapterCheckpoint, load_hf_config, random_adapter
+from kangaroo_trt.model.weights import load_hf_config, random_adapter
 from kangaroo_trt.config import AdapterSpec, ModelSpec
 from kangaroo_trt.runner.api import KangarooEngine
 
@@ -59,30 +59,6 @@ def test_kangaroo_equals_ar_equals_transformers(tiny_model, tmp_path, name):
             assert kg.stop_reason == ar.stop_reason
             assert kg.stats.acceptance.rounds <= len(kg.output_ids)
     print(f"{name}: {len(ties.cases)} near-tie divergences", *ties.cases, sep="\n  ")
-
-
-@pytest.fixture(scope="module")
-def oracle_engine(tmp_path_factory):
-    """A model whose deep layers add nothing and whose adapter reproduces the final norm: every draft is right.
-
-    The deep layers' o_proj and down_proj are zero (their residual branches vanish) and the adapter's o_proj is
-    zero with RMSNorm_2 = the final norm, so draft logits == target logits and all gamma drafts are accepted.
-    """
-    from safetensors.torch import load_file, save_file
-
-    directory = make_tiny_model(tmp_path_factory.mktemp("oracle"), "llama-gqa-tied", seed=3)
-    weights = load_file(directory / "model.safetensors")
-    for key in weights:
-        layer = int(key.split(".")[2]) if key.startswith("model.layers.") else -1
-        if layer >= 2 and key.endswith(("o_proj.weight", "down_proj.weight")):
-            weights[key] = torch.zeros_like(weights[key])
-    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)))
-    adapter = random_adapter(spec, seed=1)
-    adapter.tensors["layers.0.self_attn.o_proj.weight"].zero_()
-    adapter.tensors["norm.weight"] = weights["model.norm.weight"].clone()
-    return _engine(directory, tmp_path_factory.mktemp("oracle-engine") / "e",
-                   AdapterCheckpoint(spec, adapter.tensors, 2, {"source": "oracle"}))
 
 
 @pytest.mark.parametrize("gamma", (1, 4, 6))

@@ -87,9 +87,12 @@ class KangarooEngine:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
-    def decode_config(self, gamma: int | None = None, tau: float | None = None, max_new_tokens: int = 128) -> DecodeConfig:
+    def decode_config(self, gamma: int | None = None, tau: float | None = None, max_new_tokens: int = 128,
+                      **sampling) -> DecodeConfig:
+        """The manifest's gamma / tau unless given; ``sampling``: temperature, top_k, top_p, seed (DecodeConfig)."""
         d = self.manifest.decode
-        config = DecodeConfig(gamma if gamma is not None else d.gamma, tau if tau is not None else d.tau, max_new_tokens)
+        config = DecodeConfig(gamma if gamma is not None else d.gamma, tau if tau is not None else d.tau, max_new_tokens,
+                              **sampling)
         if config.gamma + 1 > self.manifest.max_verify:
             raise ConfigError(f"gamma {config.gamma} exceeds what the engines were built for "
                               f"(max {self.manifest.max_verify - 1}): lower --gamma or rebuild with a larger max_verify")
@@ -97,21 +100,28 @@ class KangarooEngine:
 
     def generate(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
                  mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
-                 max_new_tokens: int = 128, record_margins: bool = False) -> GenerationResult:
-        """Generate greedily; ``prompt`` is text (or chat messages with ``chat=True``), or pass ``prompt_ids``."""
+                 max_new_tokens: int = 128, record_margins: bool = False, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None) -> GenerationResult:
+        """Generate; ``prompt`` is text (or chat messages with ``chat=True``), or pass ``prompt_ids``.
+
+        Greedy unless ``temperature`` > 0 (then lossless speculative sampling with ``top_k`` / ``top_p``, see
+        ``runner/verify.py``; ``seed`` makes it repeatable).
+        """
         stream = self.stream(prompt, prompt_ids=prompt_ids, chat=chat, mode=mode, gamma=gamma, tau=tau,
-                             max_new_tokens=max_new_tokens, record_margins=record_margins, text=False)
+                             max_new_tokens=max_new_tokens, record_margins=record_margins, text=False,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         for _ in stream:
             pass
         return stream.result
 
     def stream(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
                mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
-               max_new_tokens: int = 128, record_margins: bool = False, text: bool = True) -> Stream:
+               max_new_tokens: int = 128, record_margins: bool = False, text: bool = True, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Stream:
         """Like ``generate`` but yields text pieces as they are committed; ``.result`` holds the result."""
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        config = self.decode_config(gamma, tau, max_new_tokens)
+        config = self.decode_config(gamma, tau, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         if prompt_ids is None:
             if prompt is None:
                 raise InputError("give a prompt or prompt_ids")
@@ -135,7 +145,9 @@ class KangarooEngine:
             gamma = config.gamma if mode == "kangaroo" else 0
             stats = GenerationStats(mode, self.backend.name, self.backend.device, self.precision, gamma, config.tau,
                                     len(done.tokens), len(prompt_ids), total, decoder.timings["prefill"],
-                                    decoder.timings["draft"], decoder.timings["verify"], done.acceptance)
+                                    decoder.timings["draft"], decoder.timings["verify"], done.acceptance,
+                                    None if config.greedy else {"temperature": config.temperature, "top_k": config.top_k,
+                                                                "top_p": config.top_p, "seed": config.seed})
             return GenerationResult(prompt_ids, done.tokens, self.tokenizer.decode(done.tokens, skip_special_tokens=True),
                                     done.stop, stats, done.margins if record_margins else None)
         finally:

@@ -1,4 +1,7 @@
-"""Greedy Kangaroo decoding (double early exiting) and the plain autoregressive baseline, batch 1.
+"""Kangaroo decoding (double early exiting) and the plain autoregressive baseline, batch 1.
+
+Greedy by default; with a temperature the verify pass samples losslessly instead (``verify.py`` holds
+both rules: what a deep pass commits is the only thing that differs).
 
 State between rounds: the last committed token ``t0`` at position ``p``, whose shallow pass has not run.
 Cache bookkeeping (slot i holds position i, slots at or past a length are stale and never read):
@@ -24,6 +27,7 @@ from ..config import DecodeConfig
 from ..errors import InputError
 from .backend import Backend
 from .stats import AcceptanceLog
+from .verify import Greedy, Sampling, rule_for
 
 MODES = ("kangaroo", "ar")
 
@@ -65,14 +69,6 @@ class Transcript:
         return True
 
 
-def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
-    """Length of the longest prefix with draft d_{i+1} == target y_i."""
-    a = 0
-    while a < len(drafts) and drafts[a] == targets[a]:
-        a += 1
-    return a
-
-
 def top2_margin(logits: np.ndarray) -> float:
     top2 = np.partition(logits, -2)[-2:]
     return float(top2[1] - top2[0])
@@ -88,6 +84,7 @@ class Decoder:
         self.prefill_chunk = prefill_chunk
         self.timings = {"prefill": 0.0, "draft": 0.0, "verify": 0.0}
         self.record_margins = False
+        self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
 
     # --- graph calls (each writes its cache rows at `start`) -------------------------------------------
     def _shallow(self, ids: list[int], start: int) -> np.ndarray:
@@ -124,13 +121,14 @@ class Decoder:
         self.adapter_backlog: list[np.ndarray] = []
 
     def ar_step(self, t0: int, p: int) -> Round:
-        """Plain greedy decoding: shallow then deep on one token."""
+        """Plain decoding: shallow then deep on one token."""
         t = perf_counter()
         hidden = self._shallow([t0], p)
         targets, logits = self._deep(hidden, p)
+        token = self.rule.next_token(targets, logits)
         self.timings["verify"] += perf_counter() - t
         self._exits = [hidden]  # exit states of positions p.. (for the adapter backlog in `commit`)
-        return Round([targets[0]], margins=self._margins(logits, 1))
+        return Round([token], margins=self._margins(logits, 1))
 
     def kangaroo_round(self, t0: int, p: int, gamma: int, tau: float) -> Round:
         """Draft with double early exiting, verify in one deep pass, accept the longest matching prefix."""
@@ -150,11 +148,12 @@ class Decoder:
         t_verify = perf_counter()
         # Verify: one deep pass over [f_0 .. f_k] gives the target token y_i after each position.
         targets, logits = self._deep(np.concatenate(exits, axis=1), p)
+        # Accept the longest prefix with d_{i+1} == y_i, plus one target token (correction or bonus);
+        # when sampling, the speculative-sampling rule instead (verify.py).
+        accepted, target = self.rule.verify(drafts, targets, logits)
+        tokens = drafts[:accepted] + [target]
         self.timings["draft"] += t_verify - t
         self.timings["verify"] += perf_counter() - t_verify
-        # Accept the longest prefix with d_{i+1} == y_i, plus one target token (correction or bonus).
-        accepted = accepted_prefix(drafts, targets)
-        tokens = drafts[:accepted] + [targets[accepted]]
         self._exits = exits  # exit states of positions p.. (for the adapter backlog in `commit`)
         return Round(tokens, drafts, accepted, self._margins(logits, len(tokens)))
 
@@ -179,6 +178,7 @@ class Decoder:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.timings = dict.fromkeys(self.timings, 0.0)
         self.record_margins = record_margins
+        self.rule = rule_for(config)
         kangaroo = mode == "kangaroo"
         self.prefill(prompt_ids, with_adapter=kangaroo)
         t0, p, produced = prompt_ids[-1], len(prompt_ids) - 1, 0

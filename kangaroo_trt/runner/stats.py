@@ -80,6 +80,7 @@ class GenerationStats:
     draft_s: float
     verify_s: float
     acceptance: AcceptanceLog
+    sampling: dict[str, Any] | None = None  # temperature, top_k, top_p, seed; None for greedy decoding
 
     @property
     def tokens_per_s(self) -> float:
@@ -106,4 +107,5 @@ class GenerationStats:
             "mode": self.mode,
             "gamma": self.gamma,
             "tau": self.tau,
+            "sampling": self.sampling,
         }
