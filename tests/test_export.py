@@ -41,6 +41,37 @@ def test_export_parity_and_manifest(tiny_model, tmp_path, name):
     assert manifest.eos_token_ids and (out / "tokenizer" / "tokenizer.json").is_file()
 
 
+def test_heads_run_only_on_the_rows_a_step_reads(tiny_engine, tiny_model):
+    """A 20-token prefill chunk: the deep graph's head covers the last max_verify rows, the adapter's the last one,
+    and those rows equal the all-rows PyTorch graphs' (the head cap drops work, never changes a value)."""
+    import numpy as np
+    import torch
+
+    from kangaroo_trt.model.weights import build_modules, load_adapter
+    from kangaroo_trt.runner.backend import EngineRef
+    from kangaroo_trt.runner.backends import open_backend
+
+    out, _ = tiny_engine("llama-gqa-tied", max_seq_len=64)
+    manifest = Manifest.read(out)
+    ref = EngineRef(out, manifest, "fp32")
+    assert ref.graphs()["deep"][1].head_rows == manifest.max_verify == 8 and ref.graphs()["adapter"][1].head_rows == 1
+    backend = open_backend("onnxruntime-cpu", ref, threads=1)
+    full = build_modules(tiny_model("llama-gqa-tied"), load_adapter(out / manifest.adapter_dir), manifest.exit_layer)
+    rng = np.random.default_rng(0)
+    feeds = {"hidden": rng.standard_normal((1, 20, manifest.model.hidden_size)).astype(np.float32),
+             "position_ids": np.arange(20)[None]}
+    deep, adapter = backend.graph("deep").run(feeds, 0), backend.graph("adapter").run(feeds, 0)
+    assert deep["logits"].shape == (1, 8, manifest.model.vocab_size) and adapter["draft_ids"].shape == (1, 1)
+    args = lambda graph: [torch.from_numpy(feeds["hidden"]), torch.from_numpy(feeds["position_ids"]),  # noqa: E731
+                          *[torch.zeros(c.shape) for c in ref.graphs()[graph][1].caches for _ in (0, 1)]]
+    with torch.no_grad():
+        logits = full.deep(*args("deep"))[0].numpy()
+        draft_logits, _ = full.adapter.logits(*args("adapter"))
+    assert logits.shape[1] == 20
+    np.testing.assert_allclose(deep["logits"], logits[:, -8:], atol=1e-4, rtol=1e-4)
+    assert int(adapter["draft_ids"][0, 0]) == int(draft_logits[0, -1].argmax())
+
+
 def test_fp16_engine_runs_losslessly_against_itself(tiny_model, tmp_path):
     out = tmp_path / "engine"
     _build(tiny_model, "llama-gqa-tied", out, precisions=("fp16",))

@@ -45,6 +45,7 @@ def exit_states(backend: Backend, ids: list[int], chunk: int) -> np.ndarray:
 def head_ids(backend: Backend, graph: str, hidden: np.ndarray, chunk: int) -> np.ndarray:
     """Teacher-forced argmax ids of the ``deep`` (target_ids) or ``adapter`` (draft_ids) graph on ``hidden``."""
     runner, key = backend.graph(graph), "target_ids" if graph == "deep" else "draft_ids"
+    chunk = min(chunk, runner.spec.head_rows or chunk)  # calls no longer than the rows its head outputs
     return np.concatenate([runner.run({"hidden": hidden[:, a:b], "position_ids": positions(a, b - a)}, a)[key][0].copy()
                            for a, b in _chunks(hidden.shape[1], chunk)])
 

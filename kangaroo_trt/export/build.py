@@ -75,7 +75,7 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
     config = load_hf_config(model_dir)
     spec = ModelSpec.from_hf_config(config)
     export.check_fits(spec)
-    modules = build_modules(model_dir, adapter, export.exit_layer)
+    modules = build_modules(model_dir, adapter, export.exit_layer, verify_rows=export.max_verify)
     log(f"model {model}: {spec.architecture}, {spec.num_layers} layers, exit layer {export.exit_layer}, "
         f"cache {export.max_seq_len} positions")
 

@@ -2,8 +2,11 @@
 
 ``graph_specs`` returns one ``GraphSpec`` per graph; the ONNX input/output names and dynamic axes, the
 export's example inputs, the parity check's random feeds, the runner's preallocated buffers, feed
-validation and (later) TensorRT optimisation profiles are all derived from it. The only dynamic
-dimension is ``n``, the number of new tokens in a call (prefill chunk, draft step, verify step).
+validation and TensorRT optimisation profiles are all derived from it. The only dynamic dimension is
+``n``, the number of new tokens in a call (prefill chunk, draft step, verify step). Head outputs are
+computed for the last ``min(n, rows)`` tokens only (``capped``): the adapter's for the last one (a draft
+step uses nothing else), the deep graph's for up to ``max_verify`` (a verify step's whole window), so a
+prefill chunk never pays for LM-head rows nobody reads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,20 @@ from ..config import AdapterSpec, ExportConfig, ModelSpec
 from ..errors import InputError
 
 NEW_TOKENS = "n"
+_CAPPED = "min(n,"
+
+
+def capped(rows: int) -> str:
+    """The dimension ``min(n, rows)``: a head output computed for the last ``rows`` new tokens only."""
+    return f"{_CAPPED}{rows})"
+
+
+def _size(dim: int | str, n: int) -> int:
+    if dim == NEW_TOKENS:
+        return n
+    if isinstance(dim, str) and dim.startswith(_CAPPED):
+        return min(n, int(dim[len(_CAPPED):-1]))
+    return dim
 # Graph I/O dtype per precision. int8 graphs quantize weights and activations inside (Q/DQ nodes) but keep
 # fp32 inputs, outputs and caches, so the runner's buffers are those of the fp32 graphs.
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
@@ -29,7 +46,7 @@ class TensorSpec:
     shape: tuple[int | str, ...]  # str entries are symbolic (dynamic) dimensions
 
     def concrete(self, n: int) -> tuple[int, ...]:
-        return tuple(n if d == NEW_TOKENS else d for d in self.shape)
+        return tuple(_size(d, n) for d in self.shape)
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,12 @@ class GraphSpec:
     def token_outputs(self) -> tuple[TensorSpec, ...]:
         cache = {c.present_key for c in self.caches} | {c.present_value for c in self.caches}
         return tuple(t for t in self.outputs if t.name not in cache)
+
+    @property
+    def head_rows(self) -> int | None:
+        """How many of the last new tokens the head outputs cover (None: all of them)."""
+        dims = [d for t in self.token_outputs for d in t.shape if isinstance(d, str) and d.startswith(_CAPPED)]
+        return _size(dims[0], 1 << 30) if dims else None
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
@@ -131,6 +154,7 @@ def _cache_io(caches: tuple[CacheSpec, ...]) -> tuple[tuple[TensorSpec, ...], tu
 def graph_specs(model: ModelSpec, adapter: AdapterSpec, export: ExportConfig, precision: str) -> dict[str, GraphSpec]:
     f = FLOAT_DTYPES[precision]
     s, l, n = export.max_seq_len, export.exit_layer, NEW_TOKENS
+    draft_rows, verify_rows = capped(1), capped(export.max_verify)
     ids = TensorSpec("input_ids", "int64", (1, n))
     pos = TensorSpec("position_ids", "int64", (1, n))
     hidden = TensorSpec("hidden", f, (1, n, model.hidden_size))
@@ -142,9 +166,11 @@ def graph_specs(model: ModelSpec, adapter: AdapterSpec, export: ExportConfig, pr
     return {
         "shallow": GraphSpec("shallow", (ids, pos, *sp), (hidden, *sq), shallow_c),
         "adapter": GraphSpec("adapter", (hidden, pos, *ap),
-                             (TensorSpec("draft_ids", "int64", (1, n)), TensorSpec("draft_confidence", "float32", (1, n)), *aq),
+                             (TensorSpec("draft_ids", "int64", (1, draft_rows)),
+                              TensorSpec("draft_confidence", "float32", (1, draft_rows)), *aq),
                              adapter_c),
         "deep": GraphSpec("deep", (hidden, pos, *dp),
-                          (TensorSpec("logits", "float32", (1, n, model.vocab_size)), TensorSpec("target_ids", "int64", (1, n)), *dq),
+                          (TensorSpec("logits", "float32", (1, verify_rows, model.vocab_size)),
+                           TensorSpec("target_ids", "int64", (1, verify_rows)), *dq),
                           deep_c),
     }

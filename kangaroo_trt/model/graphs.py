@@ -35,6 +35,11 @@ def _run_layers(layers: nn.ModuleDict, x, position_ids, rotary: Rotary, past: tu
     return x, present
 
 
+def _last(x: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """The last ``rows`` positions of ``x`` [1, n, H] (all of them if fewer, or if rows is None)."""
+    return x if rows is None else x[:, -rows:]
+
+
 def _greedy_head(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """argmax ids and their softmax probability (1 / sum exp(logit - max)), in fp32."""
     top = logits.max(dim=-1)
@@ -90,13 +95,15 @@ class AdapterGraph(nn.Module):
         else:
             self.draft_vocab = None
 
-    def logits(self, hidden, position_ids, *past):
-        """Head logits (over ``draft_vocab`` when restricted) and the new cache rows."""
+    def logits(self, hidden, position_ids, *past, rows: int | None = None):
+        """Head logits (over ``draft_vocab`` when restricted) of the last ``rows`` positions (all if None), and
+        the new cache rows."""
         x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, past)
-        return self.lm_head(self.norm(x)).float(), present
+        return self.lm_head(self.norm(_last(x, rows))).float(), present
 
     def forward(self, hidden, position_ids, past_key, past_value):
-        logits, present = self.logits(hidden, position_ids, past_key, past_value)
+        """Draft from the last position only (a catch-up call's earlier rows only fill the cache)."""
+        logits, present = self.logits(hidden, position_ids, past_key, past_value, rows=1)
         draft_ids, draft_confidence = _greedy_head(logits)
         if self.draft_vocab is not None:
             draft_ids = self.draft_vocab[draft_ids]  # head row -> token id
@@ -104,10 +111,15 @@ class AdapterGraph(nn.Module):
 
 
 class DeepGraph(nn.Module):
-    """layers[exit_layer:L] + final norm + LM head: the exact verifier."""
+    """layers[exit_layer:L] + final norm + LM head: the exact verifier.
 
-    def __init__(self, spec: ModelSpec, exit_layer: int) -> None:
+    ``verify_rows``: the head runs on the last ``min(n, verify_rows)`` positions only (all if None), enough
+    for any verify step; a prefill chunk's other rows only fill the cache.
+    """
+
+    def __init__(self, spec: ModelSpec, exit_layer: int, verify_rows: int | None = None) -> None:
         super().__init__()
+        self.verify_rows = verify_rows
         self.rotary = Rotary(spec.rope_inv_freq, spec.rope_scaling)
         self.layers = nn.ModuleDict({str(i): DecoderLayer(spec) for i in range(exit_layer, spec.num_layers)})
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
@@ -115,19 +127,19 @@ class DeepGraph(nn.Module):
 
     def forward(self, hidden, position_ids, *past):
         x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, past)
-        logits = self.lm_head(self.norm(x)).float()
+        logits = self.lm_head(self.norm(_last(x, self.verify_rows))).float()
         return (logits, logits.argmax(dim=-1), *present)
 
 
 class KangarooModules(nn.Module):
     """The three graphs together; its state-dict names are what ``weights.py`` maps checkpoints onto."""
 
-    def __init__(self, model: ModelSpec, adapter: AdapterSpec, exit_layer: int) -> None:
+    def __init__(self, model: ModelSpec, adapter: AdapterSpec, exit_layer: int, verify_rows: int | None = None) -> None:
         super().__init__()
         self.model_spec, self.adapter_spec, self.exit_layer = model, adapter, exit_layer
         self.shallow = ShallowGraph(model, exit_layer)
         self.adapter = AdapterGraph(model, adapter)
-        self.deep = DeepGraph(model, exit_layer)
+        self.deep = DeepGraph(model, exit_layer, verify_rows)
 
     def graphs(self) -> dict[str, nn.Module]:
         return {"shallow": self.shallow, "adapter": self.adapter, "deep": self.deep}

@@ -206,8 +206,11 @@ def random_adapter(spec: AdapterSpec, seed: int = 0, std: float = 0.02) -> Adapt
 
 
 def build_modules(model_dir: Path, adapter: AdapterCheckpoint | None, exit_layer: int,
-                  dtype: torch.dtype = torch.float32) -> KangarooModules:
-    """Target weights from ``model_dir`` + ``adapter`` (random if None) -> the three graphs, every key checked."""
+                  dtype: torch.dtype = torch.float32, verify_rows: int | None = None) -> KangarooModules:
+    """Target weights from ``model_dir`` + ``adapter`` (random if None) -> the three graphs, every key checked.
+
+    ``verify_rows``: the deep head's row cap (the export's ``max_verify``; None: every row, as training uses).
+    """
     config = load_hf_config(model_dir)
     spec = ModelSpec.from_hf_config(config)
     if adapter is None:
@@ -215,7 +218,7 @@ def build_modules(model_dir: Path, adapter: AdapterCheckpoint | None, exit_layer
     adapter.spec.check_fits(spec)
     check_exit_layer(spec, exit_layer)
     with torch.device("meta"):
-        modules = KangarooModules(spec, adapter.spec, exit_layer)
+        modules = KangarooModules(spec, adapter.spec, exit_layer, verify_rows)
     expected = modules.state_dict()
     tensors = read_checkpoint(model_dir, f"target model {model_dir}")
     allowed = {"lm_head.weight"} if spec.tie_word_embeddings else set()

@@ -105,7 +105,8 @@ def rebuild_modules(ref: EngineRef):
     except Exception as err:  # a moved local directory, or a bundled package that is not installed
         raise BackendError(f"the PyTorch backend needs the source model {manifest.source_model!r} the engine was "
                            f"built from ({err}): install or restore it, or use another --backend") from err
-    modules = build_modules(model_dir, load_adapter(ref.directory / manifest.adapter_dir), manifest.exit_layer)
+    modules = build_modules(model_dir, load_adapter(ref.directory / manifest.adapter_dir), manifest.exit_layer,
+                            verify_rows=ref.graphs()["deep"][1].head_rows)  # as exported
     if modules.model_spec != manifest.model:
         raise EngineDirError(f"{model_dir} is no longer the model {ref.directory} was built from: rebuild the engine directory")
     return modules if ref.precision == "fp32" else modules.to_dtype(torch.float16)
