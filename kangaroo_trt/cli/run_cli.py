@@ -24,6 +24,7 @@ from .common import quiet_libraries, user_errors
 @click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Sample within the top-p probability mass.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling (repeatable output per mode).")
+@click.option("--stop", multiple=True, help="Stop before this text (repeatable); the output ends just before it.")
 @click.option("--backend", default="auto", show_default=True,
               help="auto (TensorRT > onnxruntime-cuda > torch-cuda > onnxruntime-cpu), or one of: tensorrt, "
                    "onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu.")
@@ -31,15 +32,15 @@ from .common import quiet_libraries, user_errors
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
-def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, temperature, top_k, top_p, seed, backend, threads,
-         precision, as_json) -> None:
+def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, temperature, top_k, top_p, seed, stop, backend,
+         threads, precision, as_json) -> None:
     """Generate with Kangaroo self-speculative decoding (or plain AR with --mode ar); greedy unless --temperature."""
     quiet_libraries()
     from ..runner.api import KangarooEngine
 
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     stream = engine.stream(prompt, chat=chat, mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens,
-                           text=not as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+                           text=not as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
     for piece in stream:
         click.echo(piece, nl=False)
     result = stream.result

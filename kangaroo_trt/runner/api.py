@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..config import DecodeConfig
 from ..errors import ConfigError, InputError
@@ -24,6 +24,7 @@ from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, MODES, Transcript
 from .stats import GenerationStats
+from .stops import StopStrings
 
 
 @dataclass
@@ -31,7 +32,7 @@ class GenerationResult:
     prompt_ids: list[int]
     output_ids: list[int]
     text: str
-    stop_reason: str  # "eos" | "max_new_tokens" | "cache_full"
+    stop_reason: str  # "eos" | "max_new_tokens" | "cache_full" | "stop" (a stop string)
     stats: GenerationStats
     margins: list[float] | None = None  # target top-1 minus top-2 logit per output token, if recorded
 
@@ -101,15 +102,15 @@ class KangarooEngine:
     def generate(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
                  mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
                  max_new_tokens: int = 128, record_margins: bool = False, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None) -> GenerationResult:
+                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = ()) -> GenerationResult:
         """Generate; ``prompt`` is text (or chat messages with ``chat=True``), or pass ``prompt_ids``.
 
         Greedy unless ``temperature`` > 0 (then lossless speculative sampling with ``top_k`` / ``top_p``, see
-        ``runner/verify.py``; ``seed`` makes it repeatable).
+        ``runner/verify.py``; ``seed`` makes it repeatable). ``stop``: stop strings (``runner/stops.py``).
         """
         stream = self.stream(prompt, prompt_ids=prompt_ids, chat=chat, mode=mode, gamma=gamma, tau=tau,
                              max_new_tokens=max_new_tokens, record_margins=record_margins, text=False,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
         for _ in stream:
             pass
         return stream.result
@@ -117,7 +118,7 @@ class KangarooEngine:
     def stream(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
                mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
                max_new_tokens: int = 128, record_margins: bool = False, text: bool = True, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Stream:
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = ()) -> Stream:
         """Like ``generate`` but yields text pieces as they are committed; ``.result`` holds the result."""
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -126,36 +127,53 @@ class KangarooEngine:
             if prompt is None:
                 raise InputError("give a prompt or prompt_ids")
             prompt_ids = self.encode(prompt, chat)
-        return Stream(self._run(list(prompt_ids), mode, config, record_margins, text))
+        return Stream(self._run(list(prompt_ids), mode, config, record_margins, text, StopStrings(stop)))
 
-    def _run(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool, text: bool):
+    def _run(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool, text: bool,
+             stops: StopStrings):
         if not self._lock.acquire(blocking=False):
             raise InputError("this engine is already serving a request: requests are served one at a time")
         try:
             decoder, done, shown = self.decoder, Transcript(), ""
             start = perf_counter()
-            for step, stop in decoder.generate(prompt_ids, mode, config, record_margins):
-                if not done.add(step, stop):
+            for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):
+                if not done.add(step, reason):
                     break
+                if not (text or stops):
+                    continue
+                full = self._decode(done.tokens)
+                visible = full if not stops else full[:len(full) - stops.held(full)]
+                if stops and (at := stops.find(full)) is not None:
+                    done.truncate(stops.tokens_through(self._decode, done.tokens, len(done.tokens) - len(step.tokens)), "stop")
+                    visible = full[:at]
                 if text:
-                    piece, shown = self._new_text(done.tokens, shown)
+                    piece, shown = self._new_text(visible, shown)
                     if piece:
                         yield piece
+                if done.stop == "stop":
+                    break
             total = perf_counter() - start
+            output = self._decode(done.tokens)
+            if done.stop == "stop":
+                output = output[:stops.find(output)]
+            if text and output.startswith(shown) and len(output) > len(shown):
+                yield output[len(shown):]  # what was held back (a UTF-8 sequence the budget cut short)
             gamma = config.gamma if mode == "kangaroo" else 0
             stats = GenerationStats(mode, self.backend.name, self.backend.device, self.precision, gamma, config.tau,
                                     len(done.tokens), len(prompt_ids), total, decoder.timings["prefill"],
                                     decoder.timings["draft"], decoder.timings["verify"], done.acceptance,
                                     None if config.greedy else {"temperature": config.temperature, "top_k": config.top_k,
                                                                 "top_p": config.top_p, "seed": config.seed})
-            return GenerationResult(prompt_ids, done.tokens, self.tokenizer.decode(done.tokens, skip_special_tokens=True),
-                                    done.stop, stats, done.margins if record_margins else None)
+            return GenerationResult(prompt_ids, done.tokens, output, done.stop, stats, done.margins if record_margins else None)
         finally:
             self._lock.release()
 
-    def _new_text(self, output: list[int], shown: str) -> tuple[str, str]:
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    @staticmethod
+    def _new_text(visible: str, shown: str) -> tuple[str, str]:
         """The text not yet shown; holds back an incomplete UTF-8 sequence until its bytes arrive."""
-        full = self.tokenizer.decode(output, skip_special_tokens=True)
-        if full.endswith("\ufffd") or not full.startswith(shown):
+        if visible.endswith("\ufffd") or not visible.startswith(shown):
             return "", shown
-        return full[len(shown):], full
+        return visible[len(shown):], visible

@@ -68,6 +68,11 @@ class Transcript:
         self.acceptance.add(len(step.drafts), step.accepted, len(step.tokens))
         return True
 
+    def truncate(self, n: int, stop: str) -> None:
+        """Keep the first ``n`` tokens (the cut falls inside the last round) and record why it stopped."""
+        self.acceptance.committed[-1] -= len(self.tokens) - n
+        self.tokens, self.margins, self.stop = self.tokens[:n], self.margins[:n], stop
+
 
 def top2_margin(logits: np.ndarray) -> float:
     top2 = np.partition(logits, -2)[-2:]
