@@ -87,6 +87,14 @@ def test_torch_and_onnxruntime_graphs_agree_call_by_call(engine_dir):
         np.testing.assert_allclose(other.graph("deep").caches[name][:, :, :start].numpy(), buf[:, :, :start], atol=1e-4)
 
 
+def test_onnxruntime_sessions_do_not_spin(engine_dir):
+    """Three sessions run in turn: an idle pool must sleep, not spin on the cores the next graph needs."""
+    from kangaroo_trt.runner.ort_backend import ort_session
+
+    path = _graphs(engine_dir, "fp32").graphs()["shallow"][0]
+    assert ort_session(path, threads=2).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_torch_backend_refuses_int8(engine_dir):
     with pytest.raises(BackendError, match="int8"):
         open_backend("torch-cpu", _graphs(engine_dir, "int8"))

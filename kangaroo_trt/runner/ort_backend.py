@@ -33,6 +33,10 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     # a different result for n = 1 than for the same row inside n > 1 (0.47 in SmolLM2's logits), which
     # breaks Kangaroo == AR. Level 1 computes in fp32: same numerics class as the fp32 graphs (2.6e-5).
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    # The three graphs run one after another, each on its own session's thread pool. With ONNX Runtime's default
+    # spin-waiting, the pools that just finished keep their cores busy while the next graph runs: on 2 cores that
+    # cost SmolLM2 AR 20.3 -> 28.1 tok/s and Kangaroo (more graph switches) 17.1 -> 33.4 tok/s. Idle pools sleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:
