@@ -32,8 +32,8 @@ from .trainer import TrainConfig, split
 class SweepConfig:
     exit_layers: tuple[int, ...] = ()  # candidates; empty: keep the adapter in `out` and sweep gamma/tau only
     candidate_epochs: int = 1  # short training per candidate exit layer
-    gammas: tuple[int, ...] = (3, 4, 5, 6, 7)
-    taus: tuple[float, ...] = (0.3, 0.5, 0.7)
+    gammas: tuple[int, ...] = (1, 2, 3, 5, 7)  # small gammas win when drafts are rarely accepted
+    taus: tuple[float, ...] = (0.4, 0.6, 0.8)
     prompts: int = 6  # validation prompts
     max_new_tokens: int = 128
     max_seq_len: int = 512
