@@ -1,7 +1,8 @@
 """ONNX Runtime backends with IOBinding on buffers allocated once: CPU (numpy) and CUDA (CuPy device buffers).
 
-CPU: cache buffers are numpy arrays bound to the session by pointer once, at open; inputs and outputs are
-bound by pointer on every call, so ONNX Runtime neither copies the caches nor allocates outputs.
+CPU: numpy buffers bound by pointer once per call size ``n`` (caches, token inputs, outputs); a call copies
+its feeds into the bound input buffers and runs, so ONNX Runtime neither copies the caches nor allocates
+outputs, and nothing is rebound per call.
 
 CUDA (``onnxruntime-gpu``; UNVERIFIED, never run: no GPU on this project's machines): the same design with
 CuPy device buffers bound as ``"cuda"`` memory. Token inputs and outputs live in buffers of the largest
@@ -51,30 +52,36 @@ def _bind(binding, name: str, array: np.ndarray, output: bool) -> None:
 
 
 class OrtGraphRunner(GraphRunner):
+    """One IOBinding per call size ``n``, bound once: the caches, the token inputs (copied into this binding's
+    own buffers) and every output. A call then copies its feeds in and runs; nothing is rebound."""
+
     def __init__(self, session, spec: GraphSpec) -> None:
         super().__init__(spec)
         self._session = session
-        self._binding = session.io_binding()
         self.caches = {}  # past name -> buffer [1, kv_heads, max_seq_len, head_dim]
         for c in spec.caches:
             for name in (c.past_key, c.past_value):
                 self.caches[name] = np.zeros(c.shape, dtype=c.dtype)
-                _bind(self._binding, name, self.caches[name], output=False)
-        self._outputs: dict[int, dict[str, np.ndarray]] = {}
+        self._bound: dict[int, tuple[object, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
 
-    def _output_buffers(self, n: int) -> dict[str, np.ndarray]:
-        if n not in self._outputs:
-            self._outputs[n] = {t.name: np.empty(t.concrete(n), dtype=t.dtype) for t in self.spec.outputs}
-        return self._outputs[n]
+    def _binding(self, n: int):
+        """(binding, token input buffers, output buffers) for calls with ``n`` new tokens."""
+        if n not in self._bound:
+            binding = self._session.io_binding()
+            inputs = {t.name: np.zeros(t.concrete(n), dtype=t.dtype) for t in self.spec.token_inputs}
+            outputs = {t.name: np.empty(t.concrete(n), dtype=t.dtype) for t in self.spec.outputs}
+            for name, array in (*self.caches.items(), *inputs.items()):
+                _bind(binding, name, array, output=False)
+            for name, array in outputs.items():
+                _bind(binding, name, array, output=True)
+            self._bound[n] = binding, inputs, outputs
+        return self._bound[n]
 
     def _run(self, feeds, start, n):
-        inputs = {t.name: np.ascontiguousarray(feeds[t.name]) for t in self.spec.token_inputs}  # alive until run ends
-        for name, array in inputs.items():
-            _bind(self._binding, name, array, output=False)
-        outputs = self._output_buffers(n)
-        for name, array in outputs.items():
-            _bind(self._binding, name, array, output=True)
-        self._session.run_with_iobinding(self._binding)
+        binding, inputs, outputs = self._binding(n)
+        for name, buffer in inputs.items():
+            buffer[...] = feeds[name]
+        self._session.run_with_iobinding(binding)
         self._write_rows(outputs, start, n)
         return {t.name: outputs[t.name] for t in self.spec.token_outputs}
 
