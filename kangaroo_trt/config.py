@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib)
 TENSORRT_MODES = ("auto", "off", "require")  # build TensorRT plans: when importable / never / or fail
@@ -53,6 +53,7 @@ class ModelSpec:
     max_position_embeddings: int
     eos_token_ids: tuple[int, ...]
     sliding_window: int | None = None
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's query and key before the rotary embedding
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -83,9 +84,9 @@ class ModelSpec:
             )
         inv_freq, scaling = _rope_table(config)
         sliding = getattr(config, "sliding_window", None)
-        if arch == "qwen2" and not getattr(config, "use_sliding_window", False):
+        if arch in ("qwen2", "qwen3") and not getattr(config, "use_sliding_window", False):
             sliding = None
-        # Qwen2 hard-codes bias on q/k/v (not o); Llama and Mistral put ``attention_bias`` on all four.
+        # Qwen2 hard-codes bias on q/k/v (not o); Llama, Mistral and Qwen3 put ``attention_bias`` on all four.
         qkv_bias = True if arch == "qwen2" else bool(getattr(config, "attention_bias", False))
         out_bias = False if arch == "qwen2" else qkv_bias
         eos = config.eos_token_id
@@ -110,6 +111,7 @@ class ModelSpec:
             max_position_embeddings=int(config.max_position_embeddings),
             eos_token_ids=eos_ids,
             sliding_window=sliding,
+            qk_norm=arch == "qwen3",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +139,8 @@ class AdapterSpec:
     num_kv_heads: int
     head_dim: int
     rms_norm_eps: float
-    attention_bias: bool = False
+    attention_bias: bool = False  # on q/k/v
+    qk_norm: bool = False  # per-head RMSNorm of queries and keys (as Qwen3's attention)
     # 0: the draft head is the target's full LM head. K > 0: it keeps only K rows (the tokens in the adapter's
     # `draft_vocab`), which makes a draft step cheaper; the deep graph still verifies over the full vocabulary.
     draft_vocab_size: int = 0
@@ -148,8 +151,10 @@ class AdapterSpec:
 
     @classmethod
     def like(cls, model: ModelSpec) -> "AdapterSpec":
-        """The paper's choice: the adapter's attention has the target model's geometry."""
-        return cls(model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.rms_norm_eps)
+        """The paper's choice: the adapter's attention has the target model's geometry (and its q/k/v bias and
+        q/k norms, so it can start as a copy of a target layer's attention)."""
+        return cls(model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.rms_norm_eps,
+                   model.attention_bias, model.qk_norm)
 
     def check_fits(self, model: ModelSpec) -> None:
         if self.hidden_size != model.hidden_size:

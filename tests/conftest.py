@@ -29,6 +29,8 @@ TINY_CONFIGS = {
     "qwen2-bias-gqa": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False)),
     "mistral-gqa": ("MistralConfig", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                                           sliding_window=None)),
+    # q/k norms, and heads * head_dim (128) != hidden_size (64)
+    "qwen3-qknorm": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)),
 }
 
 

@@ -219,3 +219,14 @@ def test_tune_sweeps_on_onnx_runtime_and_writes_defaults(chat_model, tmp_path, m
     assert tuning["mismatched_outputs"] == 0
     assert all(r["mean_accepted"] >= 1.0 and r["ar_tok_s"] > 0 for r in tuning["rows"])
     assert "| exit layer | gamma | tau |" in (out / "TRAINING_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["qwen2-bias-gqa", "qwen3-qknorm"])
+def test_copy_init_mirrors_bias_and_qk_norm(tiny_model, name):
+    """The adapter starts as target layer exit_layer's attention, q/k/v biases and q/k norms included."""
+    modules = _fresh(tiny_model(name), 2)
+    source = modules.deep.layers["2"].self_attn.state_dict()
+    own = modules.adapter.layers["0"].self_attn.state_dict()
+    assert any(k.endswith(("bias", "_norm.weight")) for k in own)
+    for key, value in own.items():
+        assert torch.equal(value, source[key]), key

@@ -68,7 +68,8 @@ class AdapterLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.self_attn = Attention(
-            spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, False
+            spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, False,
+            spec.rms_norm_eps if spec.qk_norm else None,
         )
 
     def forward(self, x, cos, sin, mask, past_key, past_value):

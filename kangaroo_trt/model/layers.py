@@ -76,19 +76,25 @@ def attention_mask(position_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_bias: bool) -> None:
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_bias: bool,
+                 qk_norm_eps: float | None = None) -> None:
+        """``qk_norm_eps``: RMSNorm each head's query and key before the rotary embedding (Qwen3), else None."""
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=out_bias)
+        if qk_norm_eps is not None:
+            self.q_norm, self.k_norm = RMSNorm(head_dim, qk_norm_eps), RMSNorm(head_dim, qk_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
 
     def forward(self, x, cos, sin, mask, past_key, past_value):
         n = x.shape[1]
         kvh, g, d = self.kv_heads, self.heads // self.kv_heads, self.head_dim
-        q = self.q_proj(x).view(1, n, self.heads, d).transpose(1, 2)  # [1, H, n, D]
-        k = self.k_proj(x).view(1, n, kvh, d).transpose(1, 2)  # [1, kvH, n, D]
+        q = self.q_norm(self.q_proj(x).view(1, n, self.heads, d)).transpose(1, 2)  # [1, H, n, D]
+        k = self.k_norm(self.k_proj(x).view(1, n, kvh, d)).transpose(1, 2)  # [1, kvH, n, D]
         v = self.v_proj(x).view(1, n, kvh, d).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         # GQA without repeating the cache: the g query heads of one kv head become g*n rows.
@@ -119,7 +125,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.self_attn = Attention(
-            spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, spec.output_bias
+            spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, spec.output_bias,
+            spec.rms_norm_eps if spec.qk_norm else None,
         )
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.mlp = MLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias)

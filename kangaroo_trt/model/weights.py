@@ -38,6 +38,7 @@ def _layer_keys(spec: ModelSpec) -> list[str]:
     keys += [f"self_attn.{p}_proj.weight" for p in "qkvo"]
     keys += [f"self_attn.{p}_proj.bias" for p in "qkv" if spec.attention_bias]
     keys += ["self_attn.o_proj.bias"] if spec.output_bias else []
+    keys += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] if spec.qk_norm else []
     keys += [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
     keys += [f"mlp.{p}_proj.bias" for p in ("gate", "up", "down") if spec.mlp_bias]
     return keys
@@ -62,6 +63,8 @@ def adapter_name_table(spec: AdapterSpec) -> dict[str, list[str]]:
         table[f"layers.0.self_attn.{p}_proj.weight"] = [f"adapter.layers.0.self_attn.{p}_proj.weight"]
     for p in "qkv" if spec.attention_bias else "":
         table[f"layers.0.self_attn.{p}_proj.bias"] = [f"adapter.layers.0.self_attn.{p}_proj.bias"]
+    for p in "qk" if spec.qk_norm else "":
+        table[f"layers.0.self_attn.{p}_norm.weight"] = [f"adapter.layers.0.self_attn.{p}_norm.weight"]
     if spec.draft_vocab_size:
         table["draft_vocab"] = ["adapter.draft_vocab"]
     return table
@@ -202,6 +205,11 @@ def random_adapter(spec: AdapterSpec, seed: int = 0, std: float = 0.02) -> Adapt
     }
     tensors = {k: torch.ones(s) if k.endswith("layernorm.weight") or k == "norm.weight" else torch.randn(s, generator=gen) * std
                for k, s in shapes.items()}
+    heads = {"q": spec.num_heads, "k": spec.num_kv_heads, "v": spec.num_kv_heads}
+    for p in "qkv" if spec.attention_bias else "":
+        tensors[f"layers.0.self_attn.{p}_proj.bias"] = torch.zeros(heads[p] * spec.head_dim)
+    for p in "qk" if spec.qk_norm else "":
+        tensors[f"layers.0.self_attn.{p}_norm.weight"] = torch.ones(spec.head_dim)
     return AdapterCheckpoint(spec, tensors, None, {"source": "random", "seed": seed})
 
 

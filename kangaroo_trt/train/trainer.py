@@ -87,7 +87,8 @@ def init_adapter(modules: KangarooModules, how: str, seed: int) -> None:
         source = modules.deep.layers[str(modules.exit_layer)]
         own = adapter.layers["0"]
         own.input_layernorm.load_state_dict(source.input_layernorm.state_dict())
-        own.self_attn.load_state_dict(source.self_attn.state_dict(), strict=True)
+        src = source.self_attn.state_dict()  # the adapter mirrors q/k/v bias and q/k norms, never o_proj's bias
+        own.self_attn.load_state_dict({k: src[k] for k in own.self_attn.state_dict()}, strict=True)
         adapter.norm.load_state_dict(modules.deep.norm.state_dict())
         return
     gen = torch.Generator().manual_seed(seed)
