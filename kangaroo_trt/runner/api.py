@@ -5,8 +5,11 @@
     for piece in (stream := engine.stream("Tell me a story", chat=True)):
         print(piece, end="", flush=True)
     stream.result.stats.mean_accepted
+    async for piece in engine.astream("Tell me a story", chat=True):   # in an asyncio service
+        ...
 
-Requests are served one at a time: the engine owns one set of KV caches. Use one engine per worker.
+Requests are served one at a time: the engine owns one set of KV caches, and a second request while one is
+open raises at once. Use one engine per worker; close a stream you stop reading (``with`` / ``async with``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from ..config import DecodeConfig
 from ..errors import ConfigError, InputError
@@ -25,6 +28,7 @@ from .backends import open_backend
 from .decode import Decoder, MODES, Transcript
 from .stats import GenerationStats
 from .stops import StopStrings
+from .streaming import AsyncStream, Stream
 
 
 @dataclass
@@ -42,17 +46,6 @@ class GenerationResult:
         if self.margins is not None:
             d["margins"] = self.margins
         return d
-
-
-class Stream:
-    """Iterates over text pieces as tokens are committed; ``result`` is set once it is exhausted."""
-
-    def __init__(self, pieces: Iterator[str]) -> None:
-        self._pieces = pieces
-        self.result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        self.result = yield from self._pieces
 
 
 class KangarooEngine:
@@ -128,6 +121,13 @@ class KangarooEngine:
                 raise InputError("give a prompt or prompt_ids")
             prompt_ids = self.encode(prompt, chat)
         return Stream(self._run(list(prompt_ids), mode, config, record_margins, text, StopStrings(stop)))
+
+    def astream(self, prompt: str | list[dict] | None = None, **options) -> AsyncStream:
+        """``stream`` for asyncio services (same arguments): ``async for piece in engine.astream(...)``.
+
+        Decoding runs in a worker thread; ``async with`` stops it early and frees the engine.
+        """
+        return AsyncStream(self.stream(prompt, **options))
 
     def _run(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool, text: bool,
              stops: StopStrings):
