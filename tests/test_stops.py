@@ -64,5 +64,8 @@ def test_cli_stop(tiny_engine, engine):
                                                "--max-new-tokens", "40", "--stop", stop, "--stop", "never-said"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["text"] == expected
+    piped = CliRunner().invoke(run_cli.main, ["--engine-dir", str(out), "--prompt", "-", "--json", "--max-new-tokens", "40",
+                                              "--stop", stop], input="the quick brown fox")
+    assert piped.exit_code == 0 and json.loads(piped.output)["text"] == expected  # --prompt - reads standard input
     empty = CliRunner().invoke(run_cli.main, ["--engine-dir", str(out), "--prompt", "hi", "--stop", ""])
     assert empty.exit_code == 2 and "stop string is empty" in empty.output

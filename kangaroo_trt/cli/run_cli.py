@@ -12,11 +12,11 @@ from .common import quiet_libraries, user_errors
 
 @click.command()
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
-@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--prompt", required=True, help="Prompt text ('-' reads it from standard input).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--mode", type=click.Choice(["kangaroo", "ar"]), default="kangaroo", show_default=True,
-              help="ar: plain greedy decoding on the same graphs (the baseline).")
+              help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
 @click.option("--temperature", type=float, default=0.0, show_default=True,
@@ -38,6 +38,8 @@ def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, temperature
     quiet_libraries()
     from ..runner.api import KangarooEngine
 
+    if prompt == "-":
+        prompt = click.get_text_stream("stdin").read()
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     stream = engine.stream(prompt, chat=chat, mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens,
                            text=not as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
