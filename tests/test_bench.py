@@ -161,7 +161,7 @@ def test_run_bench_and_report(engine, questions_file, tmp_path, monkeypatch):
 
     report = build_report(bench, engine, "kangaroo-bench --test")
     assert list(report["by_task"]) == ["mt_bench", "qa"]
-    assert report["equality"] == {"turns": 4, "matched": 4, "near_ties": [], "mismatches": [], "passed": True}
+    assert report["equality"] == {"turns": 4, "matched": 4, "sampled": 0, "near_ties": [], "mismatches": [], "passed": True}
     o = report["overall"]
     records = [q for q in report["questions"] if "turns" in q]
     assert o["questions"] == 3 and o["turns"] == 4 and len(o["ctar"]) == 3
@@ -204,6 +204,17 @@ def test_cli_writes_report(engine_dir, questions_file, tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["command"].startswith("kangaroo-bench --engine-dir") and "--categories qa,mt_bench" in report["command"]
     assert report["settings"]["max_new_tokens"] == 6 and report["overall"]["questions"] == 2
+
+
+def test_cli_sampled_benchmark_reports_speed_without_token_check(engine_dir, questions_file, tmp_path):
+    result = _bench(engine_dir, questions_file, tmp_path / "s", "--limit", 1, "--max-new-tokens", 8,
+                    "--categories", "qa,mt_bench", "--temperature", 0.9, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    assert "equality: not checked, 3 turns sampled at temperature 0.9" in result.output
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["settings"]["sampling"]["temperature"] == 0.9 and report["equality"]["sampled"] == 3
+    assert all(t["equality"]["status"] == "sampled" for q in report["questions"] for t in q["turns"])
+    assert "Not checked" in (tmp_path / "s" / "report.md").read_text()
 
 
 def test_cli_fails_on_a_real_mismatch(engine_dir, questions_file, tmp_path, monkeypatch):

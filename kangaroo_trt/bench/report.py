@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..runner.equality import MISMATCH, NEAR_TIE, NEAR_TIE_MARGIN
+from ..runner.equality import MATCH, MISMATCH, NEAR_TIE, NEAR_TIE_MARGIN, SAMPLED
 from .metrics import acceptance_summary, mean, pooled_acceptance, question_speed, speedup, time_split
 from .questions import tasks_in
 from .runner import BenchRun, QuestionRun
@@ -45,7 +45,9 @@ def build_report(bench: BenchRun, engine, command: str | None = None, settings: 
         "environment": environment or {},
         "settings": {**(settings or {}), "gamma": gamma, "tau": bench.decode.tau,
                      "max_new_tokens": bench.decode.max_new_tokens, "prompt_format": bench.prompt_format,
-                     "baseline": bench.baseline, "near_tie_margin": NEAR_TIE_MARGIN},
+                     "baseline": bench.baseline, "near_tie_margin": NEAR_TIE_MARGIN,
+                     "sampling": None if bench.decode.greedy else {"temperature": bench.decode.temperature,
+                                                                   "top_k": bench.decode.top_k, "top_p": bench.decode.top_p}},
         "progress": {"selected": len(bench.questions), "finished": len(bench.runs), "benchmarked": len(done),
                      "interrupted": bench.interrupted,
                      "skipped": [{"question_id": r.question.question_id, "task": r.question.task, "reason": r.skipped}
@@ -68,7 +70,7 @@ def summarize(runs: list[QuestionRun], gamma: int, baseline: str | None = None) 
         "kangaroo_tokens_per_s": mean(speeds["kangaroo"]),
         "ar_tokens_per_s": mean(speeds["ar"]),
         "speedup": speedup(speeds["kangaroo"], speeds["ar"]),
-        "matched_turns": sum(t.equality.status == "match" for r in runs for t in r.turns),
+        "matched_turns": sum(t.equality.status == MATCH for r in runs for t in r.turns),
         **acceptance_summary(pooled_acceptance(_results(runs, "kangaroo")), gamma),
     }
     if baseline is not None:
@@ -92,7 +94,8 @@ def equality_summary(runs: list[QuestionRun]) -> dict[str, Any]:
                 cases[t.equality.status].append(
                     {"question_id": r.question.question_id, "task": r.question.task, "turn": number,
                      **t.equality.to_dict()})
-    return {"turns": turns, "matched": turns - len(cases[NEAR_TIE]) - len(cases[MISMATCH]),
+    sampled = sum(t.equality.status == SAMPLED for r in runs for t in r.turns)
+    return {"turns": turns, "matched": turns - sampled - len(cases[NEAR_TIE]) - len(cases[MISMATCH]), "sampled": sampled,
             "near_ties": cases[NEAR_TIE], "mismatches": cases[MISMATCH], "passed": not cases[MISMATCH]}
 
 

@@ -1,6 +1,7 @@
 """Run the benchmark: every question's turns with Kangaroo and plain AR on the same engines, in one process.
 
-Per turn both modes decode the same prompt greedily with margins recorded; the order of the modes
+Per turn both modes decode the same prompt greedily with margins recorded (or, with a temperature, both
+sample with the same seed: then outputs agree in distribution only and are not compared); the order of the modes
 alternates from turn to turn so neither always runs on a warmer cache. A second turn is asked after the
 model's own first answer (AR's output, which Kangaroo must reproduce). Ctrl-C stops the run and keeps
 every question finished so far.
@@ -13,7 +14,7 @@ from typing import Callable, Protocol
 
 from ..config import DecodeConfig
 from ..runner.api import GenerationResult, KangarooEngine
-from ..runner.equality import Equality, compare_outputs
+from ..runner.equality import SAMPLED, Equality, compare_outputs
 from .questions import Question
 
 MODES = ("kangaroo", "ar")
@@ -28,6 +29,10 @@ class BenchConfig:
     gamma: int | None = None
     tau: float | None = None
     warmup: bool = True
+    temperature: float = 0.0  # > 0: both modes sample (lossless speculative sampling); seeds are seed + turn number
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -76,7 +81,8 @@ class BenchRunner:
 
     def __init__(self, engine: KangarooEngine, config: BenchConfig, baseline: Baseline | None = None) -> None:
         self.engine, self.config, self.baseline = engine, config, baseline
-        self.decode = engine.decode_config(config.gamma, config.tau, config.max_new_tokens)  # validates gamma early
+        self.decode = engine.decode_config(config.gamma, config.tau, config.max_new_tokens, temperature=config.temperature,
+                                           top_k=config.top_k, top_p=config.top_p)  # validates the settings early
         self.chat = engine.manifest.has_chat_template
         self._turn_index = 0
 
@@ -130,12 +136,15 @@ class BenchRunner:
                 results[method] = self._generate(method, prompt_ids, self.config.max_new_tokens)
             else:
                 results[method] = self.baseline.generate(prompt_ids, self.config.max_new_tokens)
-        return TurnRun(results, compare_outputs(results["kangaroo"], results["ar"]))
+        sampled = not self.decode.greedy
+        return TurnRun(results, Equality(SAMPLED) if sampled else compare_outputs(results["kangaroo"], results["ar"]))
 
     def _generate(self, mode: str, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
         # Both modes record margins (one top-2 per committed token), so the cost is the same on both sides.
-        return self.engine.generate(prompt_ids=prompt_ids, mode=mode, gamma=self.decode.gamma, tau=self.decode.tau,
-                                    max_new_tokens=max_new_tokens, record_margins=True)
+        d = self.decode
+        return self.engine.generate(prompt_ids=prompt_ids, mode=mode, gamma=d.gamma, tau=d.tau, max_new_tokens=max_new_tokens,
+                                    record_margins=True, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+                                    seed=self.config.seed + self._turn_index)
 
 
 def run_bench(engine: KangarooEngine, questions: list[Question], config: BenchConfig,

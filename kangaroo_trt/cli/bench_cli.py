@@ -49,6 +49,11 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Per turn (Spec-Bench: 1024).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="0: greedy, with the equality check. Above 0: both modes sample (no token-for-token check).")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sampling: the k most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Sampling: the top-p probability mass.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling: turn i uses seed + i in both modes.")
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--threads", type=int, default=None, help="Runtime threads [runtime default].")
@@ -57,8 +62,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
-def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, backend, precision, threads,
-         hf_baseline, no_warmup, out_dir) -> None:
+def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, temperature, top_k, top_p, seed,
+         backend, precision, threads, hf_baseline, no_warmup, out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
     from tqdm import tqdm
@@ -80,15 +85,16 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
         baseline = TransformersBaseline.for_engine(engine, threads)
 
-    engine.decode_config(gamma, tau, max_new_tokens)  # a bad --gamma fails here, before the progress bar
-    config = BenchConfig(max_new_tokens=max_new_tokens, gamma=gamma, tau=tau, warmup=not no_warmup)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    engine.decode_config(gamma, tau, max_new_tokens, **sampling)  # a bad --gamma fails here, before the progress bar
+    config = BenchConfig(max_new_tokens=max_new_tokens, gamma=gamma, tau=tau, warmup=not no_warmup, seed=seed, **sampling)
     matched = [0, 0]
     with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:
 
         def progress(run) -> None:
             matched[0] += sum(t.equality.status == "match" for t in run.turns)
             matched[1] += len(run.turns)
-            bar.set_postfix_str(f"{run.question.task} | matched {matched[0]}/{matched[1]}")
+            bar.set_postfix_str(f"{run.question.task} | " + ("sampled" if temperature > 0 else f"matched {matched[0]}/{matched[1]}"))
             bar.update(1)
 
         bench = run_bench(engine, questions, config, baseline, progress)

@@ -14,13 +14,14 @@ from typing import Any
 NEAR_TIE_MARGIN = 1e-4
 
 MATCH, NEAR_TIE, MISMATCH = "match", "near_tie", "mismatch"
+SAMPLED = "sampled"  # outputs sampled at a temperature: equal in distribution, never compared token for token
 
 
 @dataclass(frozen=True)
 class Equality:
     """How one output compares with its reference (AR, or transformers for AR itself)."""
 
-    status: str  # MATCH | NEAR_TIE | MISMATCH
+    status: str  # MATCH | NEAR_TIE | MISMATCH | SAMPLED
     position: int | None = None  # first differing output position
     margin: float | None = None  # the reference's top-1 minus top-2 logit there (None: not recorded / past its end)
     kangaroo_token: int | None = None  # the compared output's token there (None: it ended before)
@@ -33,6 +34,8 @@ class Equality:
     def describe(self) -> str:
         if self.status == MATCH:
             return "identical"
+        if self.status == SAMPLED:
+            return "sampled (equal in distribution, not compared token for token)"
         margin = "unknown" if self.margin is None else f"{self.margin:.3g}"
         kind = "near-tie (allowed)" if self.status == NEAR_TIE else "MISMATCH"
         return f"{kind} at output position {self.position} ({self.kangaroo_token} vs {self.ar_token}), top-2 margin {margin}"
