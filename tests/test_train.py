@@ -186,10 +186,15 @@ def test_cli_writes_a_loadable_adapter_with_card(chat_model, tmp_path):
     assert not (out / trainer_module.STATE_FILE).exists()
 
     restricted = tmp_path / "restricted"
-    result = CliRunner().invoke(main, args[:5] + [str(restricted)] + args[6:] + ["--draft-vocab", "8"])
+    result = CliRunner().invoke(main, args[:5] + [str(restricted)] + args[6:] + ["--draft-vocab", "8", "--gamma", "3",
+                                                                                "--tau", "0.5"])
     assert result.exit_code == 0, result.output
     small = load_adapter(restricted)
     assert small.spec.draft_vocab_size == 8 and small.meta["draft_vocab"]["coverage"] > 0
+    assert small.meta["decode"] == {"gamma": 3, "tau": 0.5}  # what kangaroo-export build will default to
+    assert "gamma 3, tau 0.5" in (restricted / "TRAINING_CARD.md").read_text()
+    alone = CliRunner().invoke(main, args[:5] + [str(tmp_path / "y")] + args[6:] + ["--gamma", "3"])
+    assert alone.exit_code == 2 and "--gamma and --tau together" in alone.output
     assert build_modules(chat_model, small, 1).adapter.lm_head.weight.shape[0] == 8
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"prompt": 3}])

@@ -62,17 +62,27 @@ def training_options(command):
               help="copy: start from the target's layer-EXIT_LAYER attention and final norm.")
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed records instead of stopping at the first.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
+@click.option("--gamma", type=int, default=None, help="Decoding default written into the adapter (kangaroo-tune picks one).")
+@click.option("--tau", type=float, default=None, help="Decoding default written into the adapter (with --gamma).")
 @training_options
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
-         lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, device, threads,
-         draft_vocab) -> None:
+         lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, gamma, tau, device,
+         threads, draft_vocab) -> None:
     """Train the adapter (target frozen) on the paper's objective and write OUT with a TRAINING_CARD.md.
 
     Interrupted runs resume from OUT's checkpoint and the cached teacher features.
     """
     quiet_libraries()
+    from ..config import DecodeConfig
+    from ..errors import InputError
     from ..train.cache import FeatureSettings
+
+    if (gamma is None) != (tau is None):
+        raise InputError("give --gamma and --tau together (the decoding defaults written into the adapter), or neither")
+    decode = None if gamma is None else {"gamma": gamma, "tau": tau}
+    if decode:
+        DecodeConfig(**decode)  # a bad value fails now, not after training
     from ..train.pipeline import DataSource, default_exclude, train_adapter
     from ..train.trainer import TrainConfig
 
@@ -81,8 +91,8 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
     settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
     config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, init=init, seed=seed)
-    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), draft_vocab=draft_vocab,
-                  log=click.echo)
+    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), decode=decode,
+                  draft_vocab=draft_vocab, log=click.echo)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def write_card(adapter_dir: Path) -> Path:
     if training:
         data, teacher, train = training["data"], training["teacher"], training["train"]
         responses = "greedy self-distilled by the target model" if teacher["self_distill"] else "as given in the data"
+        teacher_pass = "greedy generation + hidden states" if teacher["self_distill"] else "the target's pass over the responses"
         lines += [
             "## Data",
             f"- file: `{data['file']}` ({data['usable_records']} usable records); {data['examples']} examples selected "
@@ -46,7 +47,7 @@ def write_card(adapter_dir: Path) -> Path:
             f"- {train['epochs']} epochs, {training['steps']} steps of {train['sequences_per_step']} sequences, "
             f"AdamW {tuple(train['betas'])}, lr {train['lr']} (warm-up {train['warmup_steps']}, cosine), seed {train['seed']}",
             f"- time on {training['device']}: {training['train_seconds']:.0f} s training ({training['total_seconds']:.0f} s "
-            f"for the command); the teacher features (greedy generation + hidden states) took "
+            f"for the command); the teacher features ({teacher_pass}) took "
             f"{data.get('teacher_seconds') or '?'} s when first built and are cached",
             "",
             "## Held-out metrics (per response token)",
