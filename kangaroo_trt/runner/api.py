@@ -92,18 +92,9 @@ class KangarooEngine:
                               f"(max {self.manifest.max_verify - 1}): lower --gamma or rebuild with a larger max_verify")
         return config
 
-    def generate(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
-                 mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
-                 max_new_tokens: int = 128, record_margins: bool = False, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = ()) -> GenerationResult:
-        """Generate; ``prompt`` is text (or chat messages with ``chat=True``), or pass ``prompt_ids``.
-
-        Greedy unless ``temperature`` > 0 (then lossless speculative sampling with ``top_k`` / ``top_p``, see
-        ``runner/verify.py``; ``seed`` makes it repeatable). ``stop``: stop strings (``runner/stops.py``).
-        """
-        stream = self.stream(prompt, prompt_ids=prompt_ids, chat=chat, mode=mode, gamma=gamma, tau=tau,
-                             max_new_tokens=max_new_tokens, record_margins=record_margins, text=False,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+    def generate(self, prompt: str | list[dict] | None = None, **options) -> GenerationResult:
+        """Generate to the end and return the result; takes the same arguments as ``stream``."""
+        stream = self.stream(prompt, text=False, **options)
         for _ in stream:
             pass
         return stream.result
@@ -112,7 +103,13 @@ class KangarooEngine:
                mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
                max_new_tokens: int = 128, record_margins: bool = False, text: bool = True, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = ()) -> Stream:
-        """Like ``generate`` but yields text pieces as they are committed; ``.result`` holds the result."""
+        """Yield text pieces as tokens are committed (``text=False``: yield nothing); ``.result`` holds the result.
+
+        ``prompt`` is text (chat messages with ``chat=True``), or pass ``prompt_ids``. Greedy unless
+        ``temperature`` > 0: then lossless speculative sampling with ``top_k`` / ``top_p`` (``runner/verify.py``),
+        ``seed`` making it repeatable. ``stop``: stop strings (``runner/stops.py``). ``gamma`` / ``tau``: the
+        manifest's defaults unless given. ``record_margins`` keeps the target's top-1 minus top-2 logit per token.
+        """
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         config = self.decode_config(gamma, tau, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
