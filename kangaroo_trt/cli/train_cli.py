@@ -25,6 +25,8 @@ def set_threads(threads: int | None) -> None:
 
 
 _TRAINING_OPTIONS = (
+    click.option("--self-distill/--no-self-distill", default=True, show_default=True,
+                 help="Generate the responses greedily with the target itself (else train on the data's responses)."),
     click.option("--max-examples", type=int, default=512, show_default=True),
     click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts are left out."),
     click.option("--top-k", type=int, default=32, show_default=True, help="Teacher probabilities kept per position."),
@@ -54,8 +56,6 @@ def training_options(command):
               help="JSONL (ShareGPT conversations, messages, prompt[/response] or text lines) or a ShareGPT JSON dump.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Adapter directory to write.")
 @click.option("--exit-layer", type=int, default=2, show_default=True, help="Shallow layers before the early exit.")
-@click.option("--self-distill/--no-self-distill", default=True, show_default=True,
-              help="Generate the responses greedily with the target itself (else train on the data's responses).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Response length cap.")
 @click.option("--epochs", type=int, default=4, show_default=True)
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,

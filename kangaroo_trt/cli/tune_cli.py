@@ -37,8 +37,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @training_options
 @user_errors
 def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts, max_new_tokens, runtime_threads,
-         workdir, max_examples, max_prompt_tokens, top_k, epochs, lr, sequences_per_step, heldout_fraction, seed,
-         exclude, device, threads, draft_vocab) -> None:
+         workdir, self_distill, max_examples, max_prompt_tokens, top_k, epochs, lr, sequences_per_step,
+         heldout_fraction, seed, exclude, device, threads, draft_vocab) -> None:
     """Sweep exit layers (optional) and gamma x tau; print the table and write the winner into the adapter."""
     quiet_libraries()
     from ..train.cache import FeatureSettings
@@ -48,7 +48,7 @@ def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts,
 
     set_threads(threads)
     source = DataSource(data, tuple(exclude) or default_exclude())
-    settings = FeatureSettings(True, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
+    settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
     config = TrainConfig(epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, seed=seed)
     sweep = SweepConfig(_ints(exit_layers), candidate_epochs, _ints(gammas), _floats(taus), prompts, max_new_tokens,
