@@ -35,6 +35,11 @@ def prefix_view(buffer, shape: tuple[int, ...]):
     return buffer.ravel()[: int(np.prod(shape))].reshape(shape)
 
 
+def host(array) -> np.ndarray:
+    """A device (CuPy) array's contents on the host; numpy arrays as they are."""
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
 def cuda_graphs_enabled() -> bool:
     """CUDA graph capture of the step shapes (TensorRT and PyTorch CUDA backends); KANGAROO_TRT_CUDA_GRAPHS=0 turns it off."""
     return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DecodeConfig
+from .backend import host
 
 
 def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
@@ -28,11 +29,6 @@ def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
     while a < len(drafts) and drafts[a] == targets[a]:
         a += 1
     return a
-
-
-def host(array) -> np.ndarray:
-    """A device (CuPy) array's contents on the host; numpy arrays as they are."""
-    return array.get() if hasattr(array, "get") else np.asarray(array)
 
 
 class Greedy:
