@@ -189,6 +189,10 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    # Prompt lookup drafting (runner/lookup.py): when the context's last >= lookup_ngram tokens occurred before,
+    # the tokens that followed are the round's drafts instead of the adapter's; 0 turns it off.
+    lookup_ngram: int = 0
+    adaptive_gamma: bool = False  # drafts per round: one more after a fully accepted round, one fewer otherwise
 
     def __post_init__(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
@@ -203,6 +207,8 @@ class DecodeConfig:
             raise ConfigError(f"top_k must be an integer >= 0, got {self.top_k!r}: 0 keeps every token")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p!r}: 1 keeps every token")
+        if not isinstance(self.lookup_ngram, int) or self.lookup_ngram < 0:
+            raise ConfigError(f"lookup_ngram must be an integer >= 0, got {self.lookup_ngram!r}: 0 turns prompt lookup off")
 
     @property
     def greedy(self) -> bool:

@@ -130,7 +130,7 @@ def test_adapter_cache_after_lagging_rounds_matches_a_fresh_pass(oracle_engine):
     prompt = _prompts(oracle_engine.manifest.model.vocab_size)[2]
     kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=30)
     decoder = oracle_engine.decoder
-    valid = decoder.lengths.adapter
+    valid = decoder.state.adapter_length
     assert valid > len(prompt) + 8, "several rounds must have been committed"
     kept = {name: buf[:, :, :valid].copy() for name, buf in decoder.adapter.caches.items()}
     sequence = (prompt + kg.output_ids)[:valid]

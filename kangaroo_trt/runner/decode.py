@@ -3,14 +3,15 @@
 Greedy by default; with a temperature the verify pass samples losslessly instead (``verify.py`` holds
 both rules: what a deep pass commits is the only thing that differs).
 
-State between rounds: the last committed token ``t0`` at position ``p``, whose shallow pass has not run.
-Cache bookkeeping (slot i holds position i, slots at or past a length are stale and never read):
+A round proposes drafts, runs one deep pass over ``[t_0, d_1 .. d_k]`` and commits the accepted drafts plus one
+target token. Drafts come from the adapter (double early exiting) or, when the context repeats itself, from
+prompt lookup (``lookup.py``); plain decoding proposes none. ``State`` is everything carried between rounds.
 
-* ``shallow``/``deep`` lengths: positions ``< p`` hold committed KV. Drafts' shallow rows and rejected
-  verify rows are written past it and simply become stale when the length is moved back (O(1) rollback).
-* ``adapter`` length may lag: when every draft of a round is accepted, the last draft's exit state never
-  went through the adapter, so ``adapter_backlog`` keeps the exit states of positions
-  ``[adapter_len, p)`` and the next round feeds them to the adapter together with ``f_0``.
+Cache bookkeeping (slot i holds position i, slots at or past a valid length are stale and never read): the
+shallow and deep caches hold positions ``< p``; drafts' rows and rejected verify rows are written past it and
+become stale when p moves on (O(1) rollback). The adapter's cache may lag behind: rounds that do not run it
+(prompt lookup, plain steps) and rounds that accept every draft (the last draft's exit state never went
+through it) leave exit states in ``State.unseen``, which the next adapter call reads first.
 
 The loop is a generator of rounds; ``Transcript`` collects them (tokens, acceptance, margins, stop reason),
 and timing and streaming live in the caller.
@@ -26,6 +27,7 @@ import numpy as np
 from ..config import DecodeConfig
 from ..errors import InputError
 from .backend import Backend
+from .lookup import lookup_drafts
 from .stats import AcceptanceLog
 from .verify import Greedy, Sampling, rule_for
 
@@ -40,13 +42,32 @@ class Round:
     drafts: list[int] = field(default_factory=list)
     accepted: int = 0
     margins: list[float] = field(default_factory=list)  # target top-1 minus top-2 logit per committed token
+    exits: np.ndarray | None = None  # [1, 1 + len(drafts), hidden]: exit states of t_0 and the drafts
+    adapter_read: int = 0  # how many of `exits` the adapter read this round (after the state's unseen ones)
 
 
 @dataclass
-class CacheLengths:
-    shallow: int = 0
-    deep: int = 0
-    adapter: int = 0
+class State:
+    """Where decoding stands between rounds.
+
+    ``context``: the prompt and every committed token; its last one, t_0 at position ``p``, has not been through
+    the shallow layers yet. ``unseen``: exit states of the positions just before p that the adapter's cache does
+    not hold yet, in order. ``gamma``: the most adapter drafts the next round may propose.
+    """
+
+    context: list[int]
+    unseen: list[np.ndarray]
+    gamma: int
+    produced: int = 0
+
+    @property
+    def p(self) -> int:
+        return len(self.context) - 1
+
+    @property
+    def adapter_length(self) -> int:
+        """How many positions the adapter's cache holds."""
+        return self.p - sum(u.shape[1] for u in self.unseen)
 
 
 @dataclass
@@ -79,6 +100,11 @@ def top2_margin(logits: np.ndarray) -> float:
     return float(top2[1] - top2[0])
 
 
+def next_gamma(gamma: int, step: Round, most: int) -> int:
+    """Adaptive draft length: one more draft after a round that accepted all of its drafts, one fewer otherwise."""
+    return min(most, gamma + 1) if step.accepted == len(step.drafts) else max(1, gamma - 1)
+
+
 class Decoder:
     """Drives the three graphs of one backend. One request at a time (the caches are shared state)."""
 
@@ -90,6 +116,7 @@ class Decoder:
         self.timings = {"prefill": 0.0, "draft": 0.0, "verify": 0.0}
         self.record_margins = False
         self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
+        self.state: State | None = None  # the current (or last) generation's, for inspection
 
     # --- graph calls (each writes its cache rows at `start`) -------------------------------------------
     def _shallow(self, ids: list[int], start: int) -> np.ndarray:
@@ -97,7 +124,10 @@ class Decoder:
         return out["hidden"].copy()
 
     def _adapter(self, hidden: np.ndarray, start: int) -> tuple[int, float]:
-        out = self.adapter.run({"hidden": hidden, "position_ids": positions(start, hidden.shape[1])}, start)
+        """The draft after the last of ``hidden``'s positions (a long catch-up runs in prefill-sized chunks)."""
+        for i in range(0, hidden.shape[1], self.prefill_chunk):
+            rows = hidden[:, i:i + self.prefill_chunk]
+            out = self.adapter.run({"hidden": rows, "position_ids": positions(start + i, rows.shape[1])}, start + i)
         return int(out["draft_ids"][0, -1]), float(out["draft_confidence"][0, -1])
 
     def _deep(self, hidden: np.ndarray, start: int) -> tuple[list[int], np.ndarray]:
@@ -105,8 +135,8 @@ class Decoder:
         return out["target_ids"][0].tolist(), out["logits"][0]
 
     # --- decoding ---------------------------------------------------------------------------------------
-    def prefill(self, prompt_ids: list[int], with_adapter: bool) -> None:
-        """Fill all three caches with the prompt except its last token (which becomes t0)."""
+    def prefill(self, prompt_ids: list[int], with_adapter: bool, gamma: int) -> State:
+        """Fill the caches with the prompt except its last token (which becomes t0); plain decoding skips the adapter."""
         if not prompt_ids:
             raise InputError("the prompt is empty: give at least one token")
         if len(prompt_ids) > self.max_seq_len - 1:
@@ -114,65 +144,63 @@ class Decoder:
                 f"the prompt has {len(prompt_ids)} tokens but the engine's KV cache holds {self.max_seq_len} positions: "
                 f"shorten the prompt or rebuild with --max-seq-len {len(prompt_ids) + 1} or more"
             )
-        t = perf_counter()
+        t, state = perf_counter(), State(list(prompt_ids), [], gamma)
         context = prompt_ids[:-1]
         for start in range(0, len(context), self.prefill_chunk):
             hidden = self._shallow(context[start:start + self.prefill_chunk], start)
             self._deep(hidden, start)
             if with_adapter:
                 self._adapter(hidden, start)
+            else:
+                state.unseen.append(hidden)
         self.timings["prefill"] += perf_counter() - t
-        self.lengths = CacheLengths(len(context), len(context), len(context) if with_adapter else 0)
-        self.adapter_backlog: list[np.ndarray] = []
+        return state
 
-    def ar_step(self, t0: int, p: int) -> Round:
+    def ar_step(self, state: State) -> Round:
         """Plain decoding: shallow then deep on one token."""
-        t = perf_counter()
-        hidden = self._shallow([t0], p)
-        targets, logits = self._deep(hidden, p)
-        token = self.rule.next_token(targets, logits)
-        self.timings["verify"] += perf_counter() - t
-        self._exits = [hidden]  # exit states of positions p.. (for the adapter backlog in `commit`)
-        return Round([token], margins=self._margins(logits, 1))
+        return self._verify(state, self._shallow(state.context[-1:], state.p), [], perf_counter())
 
-    def kangaroo_round(self, t0: int, p: int, gamma: int, tau: float) -> Round:
+    def kangaroo_round(self, state: State, gamma: int, tau: float) -> Round:
         """Draft with double early exiting, verify in one deep pass, accept the longest matching prefix."""
-        t = perf_counter()
+        t, p = perf_counter(), state.p
         # First early exit: layers[0:l] run once per token; their KV rows are kept, never recomputed.
-        exits = [self._shallow([t0], p)]
+        exits = [self._shallow(state.context[-1:], p)]
         drafts, confidence = [], 1.0
         for j in range(gamma):
             # Second early exit: stop once the previous draft's confidence fell below tau (it is still verified).
             if j > 0 and confidence < tau:
                 break
-            pending = self.adapter_backlog + [exits[j]]  # catch up on positions the adapter has not seen
-            draft, confidence = self._adapter(np.concatenate(pending, axis=1), p + j - len(self.adapter_backlog))
-            self.adapter_backlog = []
+            pending = np.concatenate(state.unseen + exits[:1], axis=1) if j == 0 else exits[j]  # catch up first
+            draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
             drafts.append(draft)
             exits.append(self._shallow([draft], p + j + 1))
-        t_verify = perf_counter()
+        return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
+
+    def lookup_round(self, state: State, drafts: list[int]) -> Round:
+        """Drafts copied from the context: one shallow pass gives their exit states, the same deep pass verifies."""
+        t = perf_counter()
+        return self._verify(state, self._shallow(state.context[-1:] + drafts, state.p), drafts, t)
+
+    def _verify(self, state: State, exits: np.ndarray, drafts: list[int], t_start: float, adapter_read: int = 0) -> Round:
         # Verify: one deep pass over [f_0 .. f_k] gives the target token y_i after each position.
-        targets, logits = self._deep(np.concatenate(exits, axis=1), p)
+        t = perf_counter()
+        targets, logits = self._deep(exits, state.p)
         # Accept the longest prefix with d_{i+1} == y_i, plus one target token (correction or bonus);
         # when sampling, the speculative-sampling rule instead (verify.py).
         accepted, target = self.rule.verify(drafts, targets, logits)
         tokens = drafts[:accepted] + [target]
-        self.timings["draft"] += t_verify - t
-        self.timings["verify"] += perf_counter() - t_verify
-        self._exits = exits  # exit states of positions p.. (for the adapter backlog in `commit`)
-        return Round(tokens, drafts, accepted, self._margins(logits, len(tokens)))
+        self.timings["draft" if drafts else "verify"] += t - t_start
+        self.timings["verify"] += perf_counter() - t
+        return Round(tokens, drafts, accepted, self._margins(logits, len(tokens)), exits, adapter_read)
 
-    def commit(self, p: int, n_committed: int, adapter_ran_until: int | None) -> None:
-        """Roll the caches back to the committed tokens: every slot past position p + n_committed - 1 is stale."""
-        self.lengths.shallow = self.lengths.deep = p + n_committed
-        if adapter_ran_until is None:  # AR mode never runs the adapter
-            return
-        # The adapter saw positions < adapter_ran_until; if every draft was accepted it lags by one.
-        known = self.adapter_backlog + self._exits  # exit states of positions first .. p + len(self._exits)
-        first = p - len(self.adapter_backlog)
-        self.lengths.adapter = min(adapter_ran_until, p + n_committed)
-        self.adapter_backlog = known[self.lengths.adapter - first:p + n_committed - first]
-        assert len(self.adapter_backlog) == self.lengths.shallow - self.lengths.adapter, "adapter backlog out of step"
+    def commit(self, state: State, step: Round) -> None:
+        """Move past the round's committed tokens; every cache slot past them is stale from now on."""
+        n = len(step.tokens)  # positions p .. p + n - 1 (t_0 and the accepted drafts) are committed now
+        if step.adapter_read:  # the adapter read every unseen state and this round's first adapter_read exits
+            state.unseen.clear()
+        state.unseen.append(step.exits[:, step.adapter_read:n])
+        state.context += step.tokens
+        state.produced += n
 
     def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool = False):
         """Yield (round, stop) per round, its tokens already cut at EOS / max_new_tokens, until done.
@@ -185,26 +213,25 @@ class Decoder:
         self.record_margins = record_margins
         self.rule = rule_for(config)
         kangaroo = mode == "kangaroo"
-        self.prefill(prompt_ids, with_adapter=kangaroo)
-        t0, p, produced = prompt_ids[-1], len(prompt_ids) - 1, 0
+        state = self.state = self.prefill(prompt_ids, kangaroo, config.gamma)
         while True:
-            remaining = config.max_new_tokens - produced
+            remaining = config.max_new_tokens - state.produced
             # Never draft past the token budget or the cache: k drafts commit at most k + 1 tokens.
-            gamma = min(config.gamma, remaining - 1, self.max_seq_len - 1 - p)
-            if kangaroo and gamma >= 1:
-                step = self.kangaroo_round(t0, p, gamma, config.tau)
-                adapter_ran_until = p + len(step.drafts)
+            room = min(config.gamma, remaining - 1, self.max_seq_len - 1 - state.p) if kangaroo else 0
+            if copied := lookup_drafts(state.context, config.lookup_ngram, room):  # the context repeats itself
+                step = self.lookup_round(state, copied)
+            elif room >= 1:
+                step = self.kangaroo_round(state, min(state.gamma, room), config.tau)
+                if config.adaptive_gamma:
+                    state.gamma = next_gamma(state.gamma, step, config.gamma)
             else:  # plain step (also Kangaroo's last token, where a draft could not be committed)
-                step = self.ar_step(t0, p)
-                adapter_ran_until = self.lengths.adapter if kangaroo else None
+                step = self.ar_step(state)
             step.tokens, stop = self._cut(step.tokens, remaining)
-            produced += len(step.tokens)
             yield step, stop
             if stop:
                 return
-            self.commit(p, len(step.tokens), adapter_ran_until)
-            t0, p = step.tokens[-1], p + len(step.tokens)
-            if p >= self.max_seq_len:
+            self.commit(state, step)
+            if state.p >= self.max_seq_len:
                 yield Round([]), "cache_full"
                 return
 

@@ -32,12 +32,8 @@ def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
 
 
 class Greedy:
-    def next_token(self, targets: list[int], logits) -> int:
-        """The token after a plain (one-token) step."""
-        return targets[0]
-
     def verify(self, drafts: list[int], targets: list[int], logits) -> tuple[int, int]:
-        """(number of drafts accepted, the target token committed after them)."""
+        """(number of drafts accepted, the target token committed after them; a plain step has no drafts)."""
         accepted = accepted_prefix(drafts, targets)
         return accepted, targets[accepted]
 
@@ -65,9 +61,6 @@ class Sampling:
         """A token with probability proportional to ``weights`` (never one of weight 0)."""
         cumulative = np.cumsum(weights)
         return min(int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")), weights.size - 1)
-
-    def next_token(self, targets: list[int], logits) -> int:
-        return self.draw(self.distribution(logits[0]))
 
     def verify(self, drafts: list[int], targets: list[int], logits) -> tuple[int, int]:
         for i, draft in enumerate(drafts):
