@@ -90,13 +90,15 @@ def main() -> int:
             except Exception as err:  # e.g. no TensorRT plans: report and go on
                 rows.append((label, precision, f"cannot open: {str(err)[:60]}", "", "", "", ""))
                 continue
-            engine.generate(PROMPTS[0], chat=engine.manifest.has_chat_template, max_new_tokens=8)  # warm-up
+            engine.generate(PROMPTS[0], chat=engine.manifest.has_chat_template,
+                            config=engine.decode_config(max_new_tokens=8))  # warm-up
+            config = engine.decode_config(max_new_tokens=args.max_new_tokens)
             ar_s = k_s = ar_n = k_n = passes = 0.0
             same = True
             for prompt in PROMPTS:
                 chat = engine.manifest.has_chat_template
-                ar = engine.generate(prompt, chat=chat, mode="ar", max_new_tokens=args.max_new_tokens)
-                k = engine.generate(prompt, chat=chat, mode="kangaroo", max_new_tokens=args.max_new_tokens)
+                ar = engine.generate(prompt, chat=chat, mode="ar", config=config)
+                k = engine.generate(prompt, chat=chat, mode="kangaroo", config=config)
                 same &= ar.output_ids == k.output_ids
                 ar_s, ar_n = ar_s + ar.stats.total_s, ar_n + ar.stats.new_tokens
                 k_s, k_n, passes = k_s + k.stats.total_s, k_n + k.stats.new_tokens, passes + k.stats.acceptance.rounds

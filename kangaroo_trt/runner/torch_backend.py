@@ -84,6 +84,12 @@ class TorchGraphRunner(GraphRunner):
                 outputs = self._step(n)
         return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
 
+    def close(self) -> None:
+        super().close()
+        self._graphs, self._inputs, self.module = {}, {}, None
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()  # hand the freed tensors back to the device
+
 
 def rebuild_modules(ref: EngineRef):
     """The engine's KangarooModules at its precision, from the source model + the stored adapter."""

@@ -106,6 +106,11 @@ class TrtGraphRunner(GraphRunner):
             self._write_rows(views, start, n)  # device to device, on this stream
         return {t.name: views[t.name] for t in self.spec.token_outputs}
 
+    def close(self) -> None:
+        self._stream.synchronize()
+        super().close()
+        self._graphs, self._contexts, self._buffers = {}, [], {}
+
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
@@ -152,3 +157,8 @@ class TensorRTBackend(Backend):
                 raise EngineDirError(f"TensorRT cannot load {plan}: rebuild with kangaroo-export engines --engine-dir {ref.directory}")
             self._engines[name] = engine
             self._runners[name] = TrtGraphRunner(engine, spec, available, self.stream, use_graphs)
+
+    def close(self) -> None:
+        super().close()
+        self._engines, self._runtime = {}, None
+        import_cupy().get_default_memory_pool().free_all_blocks()  # hand the freed buffers back to the device
