@@ -56,7 +56,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from kangaroo_trt.config import DecodeConfig, ExportConfig
-    from kangaroo_trt.export.build import build_engine_dir
+    from kangaroo_trt.build import build_engine_dir
     from kangaroo_trt.runner.api import KangarooEngine
     from kangaroo_trt.runner.backends import BACKENDS
 
@@ -66,7 +66,7 @@ def main() -> int:
     precisions = tuple(p for p in args.precisions.split(",") if p)
     t = time.perf_counter()
     from kangaroo_trt.bundled import default_adapter
-    from kangaroo_trt.export.build import choose_adapter
+    from kangaroo_trt.build import choose_adapter
 
     adapter = choose_adapter(None, default_adapter(model) is None, model)  # the shipped one where there is one
     tuned = adapter.meta.get("decode", {})  # gamma / tau the adapter was tuned with, as kangaroo-export build uses

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kangaroo_trt.errors import BackendError
-from kangaroo_trt.export.manifest import Manifest
+from kangaroo_trt.contract.manifest import Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 from kangaroo_trt.runner.backend import EngineRef
 from kangaroo_trt.runner.backends import AUTO_ORDER, BACKENDS, open_backend

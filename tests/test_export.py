@@ -9,9 +9,9 @@ import pytest
 from conftest import TINY_CONFIGS
 from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.errors import ConfigError, EngineDirError
-from kangaroo_trt.export import build as build_module
-from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.export.manifest import Manifest
+from kangaroo_trt import build as build_module
+from kangaroo_trt.build import build_engine_dir
+from kangaroo_trt.contract.manifest import Manifest
 from kangaroo_trt.export.validate import TOLERANCES
 from kangaroo_trt.runner.api import KangarooEngine
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from kangaroo_trt.export.manifest import GRAPHS, Manifest
+from kangaroo_trt.contract.manifest import GRAPHS, Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 
 PROMPTS = ["the quick brown fox", "kangaroo decoding drafts with shallow layers", "def add(a, b):"]

@@ -14,7 +14,7 @@ from conftest import TINY_CONFIGS
 from lossless import NearTies
 from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.errors import ConfigError, InputError
-from kangaroo_trt.export.build import build_engine_dir
+from kangaroo_trt.build import build_engine_dir
 from kangaroo_trt.model.weights import load_hf_config, random_adapter
 from kangaroo_trt.config import AdapterSpec, ModelSpec
 from kangaroo_trt.runner.api import KangarooEngine

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from ..config import DecodeConfig
 from ..errors import ConfigError, InputError
-from ..export.manifest import Manifest
+from ..contract.manifest import Manifest
 from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, MODES, Transcript

@@ -22,8 +22,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import InputError
-from ..export.manifest import Manifest
-from ..export.spec import GraphSpec
+from ..contract.manifest import Manifest
+from ..contract.spec import GraphSpec
 
 
 def prefix_view(buffer, shape: tuple[int, ...]):

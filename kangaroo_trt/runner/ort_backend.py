@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner, importable
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, EngineDirError
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled, importable
 
 

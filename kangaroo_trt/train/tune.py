@@ -98,7 +98,7 @@ def _rows(exit_layer: int, ar: Measurement, results: dict) -> list[dict]:
 
 
 def _engine(model: str, adapter_dir: Path, engine_dir: Path, sweep: SweepConfig, log) -> Path:
-    from ..export.build import build_engine_dir
+    from ..build import build_engine_dir
 
     checkpoint = load_adapter(adapter_dir)
     export = ExportConfig(exit_layer=checkpoint.exit_layer, max_seq_len=sweep.max_seq_len,
