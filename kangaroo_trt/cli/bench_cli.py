@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..config import DecodeConfig
 from .common import quiet_libraries, user_errors
 
 QUICK = "--limit 2 --max-new-tokens 64"  # every category, a few minutes on 2 CPU cores
@@ -49,6 +50,11 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Per turn (Spec-Bench: 1024).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
+@click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
+              help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or more "
+                   "tokens, else the adapter's drafts; 0 turns it off.")
+@click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
+              help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma).")
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="0: greedy, with the equality check. Above 0: both modes sample (no token-for-token check).")
 @click.option("--top-k", type=int, default=0, show_default=True, help="Sampling: the k most likely tokens (0: all).")
@@ -62,8 +68,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
-def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, temperature, top_k, top_p, seed,
-         backend, precision, threads, hf_baseline, no_warmup, out_dir) -> None:
+def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, lookup_ngram, adaptive_gamma,
+         temperature, top_k, top_p, seed, backend, precision, threads, hf_baseline, no_warmup, out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
     from tqdm import tqdm
@@ -86,7 +92,8 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
         baseline = TransformersBaseline.for_engine(engine, threads)
 
     decode = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, seed=seed)  # a bad --gamma fails here, before the progress bar
+                                  top_k=top_k, top_p=top_p, seed=seed, lookup_ngram=lookup_ngram,
+                                  adaptive_gamma=adaptive_gamma)  # a bad --gamma fails here, before the progress bar
     config = BenchConfig(decode, warmup=not no_warmup)
     matched = [0, 0]
     with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:

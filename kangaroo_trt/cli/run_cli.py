@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..config import DecodeConfig
 from .common import quiet_libraries, user_errors
 
 
@@ -19,6 +20,11 @@ from .common import quiet_libraries, user_errors
               help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
+@click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
+              help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or more "
+                   "tokens, else the adapter's drafts; 0 turns it off.")
+@click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
+              help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma).")
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="0: greedy (equal to plain greedy decoding). Above 0: sample, losslessly (same distribution as plain sampling).")
 @click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
@@ -32,8 +38,8 @@ from .common import quiet_libraries, user_errors
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
-def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, temperature, top_k, top_p, seed, stop, backend,
-         threads, precision, as_json) -> None:
+def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, lookup_ngram, adaptive_gamma, temperature, top_k,
+         top_p, seed, stop, backend, threads, precision, as_json) -> None:
     """Generate with Kangaroo self-speculative decoding (or plain AR with --mode ar); greedy unless --temperature."""
     quiet_libraries()
     from ..runner.api import KangarooEngine
@@ -42,7 +48,8 @@ def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, temperature
         prompt = click.get_text_stream("stdin").read()
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, seed=seed)
+                                  top_k=top_k, top_p=top_p, seed=seed,
+                                  lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma)
     stream = engine.stream(prompt, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
     for piece in stream:
         click.echo(piece, nl=False)
