@@ -191,7 +191,7 @@ class DecodeConfig:
     seed: int | None = None
     # Prompt lookup drafting (runner/lookup.py): when the context's last >= lookup_ngram tokens occurred before,
     # the tokens that followed are the round's drafts instead of the adapter's; 0 turns it off.
-    lookup_ngram: int = 0
+    lookup_ngram: int = 2
     adaptive_gamma: bool = False  # drafts per round: one more after a fully accepted round, one fewer otherwise
 
     def __post_init__(self) -> None:

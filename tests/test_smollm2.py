@@ -21,6 +21,9 @@ PROMPTS = [
     "What is 17 times 23?",
     "Give me a tip for learning to play the guitar.",
     "Why do cats purr?",
+    # The answer copies the prompt: prompt lookup drafts from it.
+    "Repeat exactly: The committee will meet on Tuesday at noon in the main hall to discuss the budget.",
+    "Correct the spelling and repeat the rest unchanged: The wether was nice and we walked along the river to the old mill.",
 ]
 NEW_TOKENS = 24
 
@@ -53,7 +56,8 @@ def test_ar_equals_transformers_generate(engine, ar_runs, smollm2_dir):
 def test_kangaroo_equals_ar(engine, ar_runs, gamma, tau):
     ties = NearTies()
     for prompt, ar in ar_runs.items():
-        kg = engine.generate(prompt, chat=True, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=NEW_TOKENS))
+        config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=NEW_TOKENS, lookup_ngram=0)  # adapter drafts only
+        kg = engine.generate(prompt, chat=True, mode="kangaroo", config=config)
         ties.check(ar, kg, f"gamma={gamma} tau={tau} {prompt!r}")
         assert kg.prompt_ids == ar.prompt_ids and kg.stop_reason == ar.stop_reason
         drafted = kg.stats.acceptance.drafted
@@ -61,6 +65,21 @@ def test_kangaroo_equals_ar(engine, ar_runs, gamma, tau):
         if tau == 1.0:  # nothing is that confident: exactly one draft per round
             assert set(drafted[:-1]) <= {1}
     print(f"gamma={gamma} tau={tau}: {len(ties.cases)} near-tie divergences", *ties.cases, sep="\n  ")
+
+
+@pytest.mark.parametrize("lookup_ngram,adaptive,tau", [(1, False, 1.0), (2, True, 0.6), (3, False, 0.0)])
+def test_kangaroo_with_lookup_equals_ar(engine, ar_runs, lookup_ngram, adaptive, tau):
+    ties, drafted = NearTies(), []
+    for prompt, ar in ar_runs.items():
+        config = engine.decode_config(gamma=6, tau=tau, max_new_tokens=NEW_TOKENS, lookup_ngram=lookup_ngram,
+                                      adaptive_gamma=adaptive)
+        kg = engine.generate(prompt, chat=True, mode="kangaroo", config=config)
+        ties.check(ar, kg, f"lookup_ngram={lookup_ngram} adaptive={adaptive} tau={tau} {prompt!r}")
+        assert kg.stop_reason == ar.stop_reason
+        drafted += kg.stats.acceptance.drafted
+    if tau == 1.0:  # the adapter drafts one token per round here: longer rounds were drafted by lookup
+        assert max(drafted) > 1, drafted
+    print(f"lookup_ngram={lookup_ngram}: {len(ties.cases)} near-tie divergences", *ties.cases, sep="\n  ")
 
 
 def test_chat_template_and_streaming(engine):
