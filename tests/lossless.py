@@ -1,5 +1,7 @@
 """Assertions of the lossless rule shared by the test modules (see kangaroo_trt/runner/equality.py)."""
 
+import numpy as np
+
 from kangaroo_trt.runner.equality import NEAR_TIE, compare_tokens
 
 
@@ -16,3 +18,17 @@ class NearTies:
         assert verdict.ok, f"{label}: {verdict.describe()}\n  reference {ref_ids}\n  other     {other.output_ids}"
         if verdict.status == NEAR_TIE:
             self.cases.append(f"{label}: {verdict.describe()}")
+
+
+def assert_adapter_cache_in_step(decoder, committed: list[int], at_least: int) -> None:
+    """Each valid row of the adapter's cache (at least ``at_least`` of them) must hold the key and value that one
+    adapter pass over the ``committed`` sequence gives: catches a dropped or misplaced catch-up of lagging states."""
+    valid = decoder.state.adapter_length
+    assert valid >= at_least, f"only {valid} adapter cache rows are valid: several rounds must have been committed"
+    kept = {name: buf[:, :, :valid].copy() for name, buf in decoder.adapter.caches.items()}
+    positions = np.arange(valid, dtype=np.int64)[None]
+    hidden = decoder.shallow.run({"input_ids": np.array([committed[:valid]], np.int64), "position_ids": positions}, 0)["hidden"]
+    decoder.adapter.run({"hidden": hidden.copy(), "position_ids": positions}, 0)
+    for name, rows in kept.items():
+        err = np.abs(rows - decoder.adapter.caches[name][:, :, :valid]).max()
+        assert err < 1e-4, f"adapter cache {name} differs from a fresh pass by {err:.2e}"
