@@ -192,7 +192,7 @@ class DecodeConfig:
     # Prompt lookup drafting (runner/lookup.py): when the context's last >= lookup_ngram tokens occurred before,
     # the tokens that followed are the round's drafts instead of the adapter's; 0 turns it off.
     lookup_ngram: int = 2
-    adaptive_gamma: bool = False  # drafts per round: one more after a fully accepted round, one fewer otherwise
+    adaptive_gamma: bool = True  # adapter drafts per round: one more after a fully accepted round, one fewer otherwise
 
     def __post_init__(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
