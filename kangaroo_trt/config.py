@@ -19,6 +19,7 @@ from .errors import ConfigError
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib)
+MODES = ("kangaroo", "ar")  # decoding modes: Kangaroo, and plain autoregressive decoding (the baseline)
 TENSORRT_MODES = ("auto", "off", "require")  # build TensorRT plans: when importable / never / or fail
 
 

@@ -12,16 +12,17 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from kangaroo_trt.build import build_engine_dir
 from kangaroo_trt.config import ExportConfig
-from kangaroo_trt.engines import builder
-from kangaroo_trt.engines.onnx_support import MAX_OPSET, check_onnx, problems
+from kangaroo_trt.contract.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
 from kangaroo_trt.contract.plans import BUILD_LOG, TIMING_CACHE, fresh_plan, plan_file
 from kangaroo_trt.contract.profiles import pick, profiles
+from kangaroo_trt.engines import builder
+from kangaroo_trt.engines.onnx_support import MAX_OPSET, check_onnx, problems
 from kangaroo_trt.errors import BackendError, EngineDirError
-from kangaroo_trt.build import build_engine_dir
-from kangaroo_trt.contract.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
+from kangaroo_trt.runtimes import TENSORRT_HINT, tensorrt_available
 
-tensorrt_missing = pytest.mark.skipif(builder.tensorrt_available(), reason="TensorRT is installed here")
+tensorrt_missing = pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,8 @@ def test_profile_shapes_come_from_the_graph_spec(engine):
 def test_build_without_tensorrt_says_what_to_install(engine, tiny_model, tmp_path):
     _, logs = engine
     notes = [line for line in logs if "TensorRT is not installed" in line]
-    assert len(notes) == 1 and notes[0].startswith(f"note: {builder.INSTALL_HINT}")
-    assert "\n" not in builder.INSTALL_HINT and "pip install" in builder.INSTALL_HINT
+    assert len(notes) == 1 and notes[0].startswith(f"note: {TENSORRT_HINT}")
+    assert "\n" not in TENSORRT_HINT and "pip install" in TENSORRT_HINT
     with pytest.raises(BackendError, match="pip install"):
         build_engine_dir(str(tiny_model("mistral-gqa")), tmp_path / "e", ExportConfig(max_seq_len=32, tensorrt="require"),
                          allow_random_adapter=True, log=lambda _: None)

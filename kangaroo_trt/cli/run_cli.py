@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..config import MODES, DecodeConfig
 from .common import quiet_libraries, user_errors
 
 
@@ -15,7 +16,7 @@ from .common import quiet_libraries, user_errors
 @click.option("--prompt", required=True, help="Prompt text ('-' reads it from standard input).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
-@click.option("--mode", type=click.Choice(["kangaroo", "ar"]), default="kangaroo", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True,
               help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")

@@ -24,30 +24,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ExportConfig
-from ..errors import BackendError, ConfigError
 from ..contract.manifest import MANIFEST, GraphEntry, Manifest, PlanEntry, TensorRTRecord, sha256
 from ..contract.plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
 from ..contract.profiles import profiles
+from ..errors import BackendError, ConfigError
+from ..runtimes import TENSORRT_HINT, import_tensorrt, tensorrt_available
 
-INSTALL_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
 WORKSPACE_BYTES = 4 << 30
-
-
-def import_tensorrt():
-    """``tensorrt``, or a one-line BackendError saying what to install."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as err:  # OSError: the bindings are there but the libraries are not
-        raise BackendError(INSTALL_HINT) from err
-    return trt
-
-
-def tensorrt_available() -> bool:
-    try:
-        import_tensorrt()
-    except BackendError:
-        return False
-    return True
 
 
 def device_versions() -> dict[str, str]:
@@ -146,7 +129,7 @@ def build_plans_if_available(root: Path, graphs: dict[str, dict[str, GraphEntry]
     if not tensorrt_available():
         if required:
             import_tensorrt()  # raises the one-line install hint
-        log(f"note: {INSTALL_HINT}; wrote the ONNX graphs only (they run on ONNX Runtime)")
+        log(f"note: {TENSORRT_HINT}; wrote the ONNX graphs only (they run on ONNX Runtime)")
         return None
     return build_plans(root, graphs, export, log)
 

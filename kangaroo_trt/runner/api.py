@@ -22,12 +22,12 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Sequence
 
-from ..config import DecodeConfig
-from ..errors import ConfigError, InputError
+from ..config import MODES, DecodeConfig
 from ..contract.manifest import Manifest
+from ..errors import ConfigError, InputError
 from .backend import EngineRef
 from .backends import open_backend
-from .decode import Decoder, MODES, Transcript
+from .decode import Decoder, Transcript
 from .stats import GenerationStats
 from .stops import StopStrings
 from .streaming import AsyncStream, Stream

@@ -12,7 +12,6 @@ same ``n``; copy them to keep them longer.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import InputError
 from ..contract.manifest import Manifest
 from ..contract.spec import GraphSpec
+from ..errors import InputError
 
 
 def prefix_view(buffer, shape: tuple[int, ...]):
@@ -43,11 +42,6 @@ def host(array) -> np.ndarray:
 def cuda_graphs_enabled() -> bool:
     """CUDA graph capture of the step shapes (TensorRT and PyTorch CUDA backends); KANGAROO_TRT_CUDA_GRAPHS=0 turns it off."""
     return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"
-
-
-def importable(module: str) -> bool:
-    """Whether ``module`` is installed (without importing it)."""
-    return importlib.util.find_spec(module) is not None
 
 
 @dataclass(frozen=True)

@@ -18,32 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError
 from ..contract.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner, importable
-
-
-def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # ONNX Runtime fuses a weight-only INT8 MatMul (DequantizeLinear on a constant weight, our int8 deep graph)
-    # into MatMulNBits; at its default accuracy level it quantizes the activations to int8 on the fly, with
-    # a different result for n = 1 than for the same row inside n > 1 (0.47 in SmolLM2's logits), which
-    # breaks Kangaroo == AR. Level 1 computes in fp32: same numerics class as the fp32 graphs (2.6e-5).
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    # The three graphs run one after another, each on its own session's thread pool. With ONNX Runtime's default
-    # spin-waiting, the pools that just finished keep their cores busy while the next graph runs: on 2 cores that
-    # cost SmolLM2 AR 20.3 -> 28.1 tok/s and Kangaroo (more graph switches) 17.1 -> 33.4 tok/s. Idle pools sleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=list(providers))
-    except Exception as err:  # ORT raises its own exception types for corrupt or unloadable graphs
-        raise BackendError(f"ONNX Runtime cannot load {path.name}: {err}: rebuild the engine directory") from err
+from ..errors import BackendError
+from ..runtimes import import_cupy, importable, ort_session
+from .backend import Backend, EngineRef, GraphRunner
 
 
 def _bind(binding, name: str, array: np.ndarray, output: bool) -> None:
@@ -107,8 +85,6 @@ class OrtCpuBackend(Backend):
 
 class OrtCudaGraphRunner(GraphRunner):
     def __init__(self, session, spec: GraphSpec, max_n: int) -> None:
-        from .trt_backend import import_cupy
-
         cp = self._cp = import_cupy()
         super().__init__(spec)
         self._session = session

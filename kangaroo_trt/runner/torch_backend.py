@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError, EngineDirError
 from ..contract.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled, importable
+from ..errors import BackendError, EngineDirError
+from ..runtimes import importable
+from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
 
 
 class TorchGraphRunner(GraphRunner):

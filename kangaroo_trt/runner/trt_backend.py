@@ -32,22 +32,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..contract.plans import fresh_plan
 from ..contract.profiles import Profile, pick
-from ..errors import BackendError, EngineDirError
 from ..contract.spec import GraphSpec
+from ..errors import BackendError, EngineDirError
+from ..runtimes import import_cupy, import_tensorrt
 from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
-
-CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
-
-
-def import_cupy():
-    """``cupy``, or a one-line BackendError saying what to install (also used by the ONNX Runtime CUDA backend)."""
-    try:
-        import cupy
-    except ImportError as err:
-        raise BackendError(CUPY_HINT) from err
-    return cupy
-
 
 class TrtGraphRunner(GraphRunner):
     def __init__(self, engine, spec: GraphSpec, available: tuple[Profile, ...], stream, cuda_graphs: bool) -> None:
@@ -132,9 +122,6 @@ class TensorRTBackend(Backend):
         return cls(engine, threads)
 
     def __init__(self, ref: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
-        from ..engines.builder import import_tensorrt
-        from ..contract.plans import fresh_plan
-
         trt = import_tensorrt()
         cp = import_cupy()
         record = ref.manifest.tensorrt
