@@ -45,6 +45,7 @@ import onnx
 
 from ..errors import KangarooError
 from ..contract.spec import GraphSpec
+from ..export.onnx_export import save_onnx
 from .capture import Sample
 
 # minmax only: onnxruntime 1.31's histogram calibrators (percentile, entropy) fail on samples of different n.
@@ -118,9 +119,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, samples: li
         for f in out_path.parent.glob("augmented_model*"):  # the calibrator's scratch model, if left behind
             f.unlink()
     quantized.graph.name = spec.name
-    onnx.save_model(quantized, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + ".data", size_threshold=1024)
-    onnx.checker.check_model(str(out_path))
+    save_onnx(quantized, out_path)
     _check_symmetric(onnx.load(str(out_path)), spec.name)
     return nodes
 
@@ -177,8 +176,6 @@ def weight_only_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, keep_fp3
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     model.graph.name = spec.name
-    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + ".data", size_threshold=1024)
-    onnx.checker.check_model(str(out_path))
+    save_onnx(model, out_path)
     _check_symmetric(onnx.load(str(out_path)), spec.name)
     return sorted(nodes)

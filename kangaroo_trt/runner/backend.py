@@ -16,7 +16,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -55,6 +55,15 @@ class EngineRef:
     def graphs(self) -> dict[str, tuple[Path, GraphSpec]]:
         """graph name -> (ONNX path, I/O contract)."""
         return {g: (self.directory / e.file, e.spec) for g, e in self.manifest.graphs[self.precision].items()}
+
+
+def cache_buffers(spec: GraphSpec, zeros: Callable[[tuple[int, ...], str], Any]) -> dict:
+    """past name -> a zeroed KV-cache buffer [1, kv_heads, max_seq_len, head_dim] from ``zeros(shape, dtype)``.
+
+    The one place caches are allocated: ``np.zeros`` (ONNX Runtime CPU), ``cupy.zeros`` (CUDA backends), a
+    torch factory (PyTorch backend), or a calibration sample's host copy.
+    """
+    return {name: zeros(c.shape, c.dtype) for c in spec.caches for name in (c.past_key, c.past_value)}
 
 
 class GraphRunner(ABC):

@@ -21,7 +21,7 @@ import numpy as np
 from ..contract.spec import GraphSpec
 from ..errors import BackendError
 from ..runtimes import import_cupy, importable, ort_session
-from .backend import Backend, EngineRef, GraphRunner
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers
 
 
 def _bind(binding, name: str, array: np.ndarray, output: bool) -> None:
@@ -36,10 +36,7 @@ class OrtGraphRunner(GraphRunner):
     def __init__(self, session, spec: GraphSpec) -> None:
         super().__init__(spec)
         self._session = session
-        self.caches = {}  # past name -> buffer [1, kv_heads, max_seq_len, head_dim]
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                self.caches[name] = np.zeros(c.shape, dtype=c.dtype)
+        self.caches = cache_buffers(spec, np.zeros)
         self._bound: dict[int, tuple[object, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
 
     def _binding(self, n: int):
@@ -89,11 +86,9 @@ class OrtCudaGraphRunner(GraphRunner):
         super().__init__(spec)
         self._session = session
         self._binding = session.io_binding()
-        self.caches = {}  # past name -> device buffer [1, kv_heads, max_seq_len, head_dim], bound once
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                self.caches[name] = cp.zeros(c.shape, dtype=c.dtype)
-                self._bind(name, self.caches[name], output=False)
+        self.caches = cache_buffers(spec, cp.zeros)  # on the device, bound once
+        for name, buffer in self.caches.items():
+            self._bind(name, buffer, output=False)
         self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype) for t in (*spec.token_inputs, *spec.outputs)}
 
     def _bind(self, name: str, array, output: bool) -> None:

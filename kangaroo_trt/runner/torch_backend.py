@@ -28,7 +28,7 @@ import numpy as np
 from ..contract.spec import GraphSpec
 from ..errors import BackendError, EngineDirError
 from ..runtimes import importable
-from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
 
 
 class TorchGraphRunner(GraphRunner):
@@ -38,10 +38,7 @@ class TorchGraphRunner(GraphRunner):
 
         super().__init__(spec)
         self._torch, self.module, self.device = torch, module, torch.device(device)
-        self.caches = {}  # past name -> tensor [1, kv_heads, max_seq_len, head_dim] on the device
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                self.caches[name] = torch.zeros(c.shape, dtype=getattr(torch, c.dtype), device=self.device)
+        self.caches = cache_buffers(spec, lambda shape, dtype: torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device))
         self._inputs = {t.name: torch.zeros(t.concrete(max_n), dtype=getattr(torch, t.dtype), device=self.device)
                         for t in spec.token_inputs}
         self._capture_up_to = capture_up_to if self.device.type == "cuda" else 0

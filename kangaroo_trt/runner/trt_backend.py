@@ -37,7 +37,7 @@ from ..contract.profiles import Profile, pick
 from ..contract.spec import GraphSpec
 from ..errors import BackendError, EngineDirError
 from ..runtimes import import_cupy, import_tensorrt
-from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
 
 class TrtGraphRunner(GraphRunner):
     def __init__(self, engine, spec: GraphSpec, available: tuple[Profile, ...], stream, cuda_graphs: bool) -> None:
@@ -54,10 +54,7 @@ class TrtGraphRunner(GraphRunner):
             self._contexts.append(context)
         max_n = max(p.n_max for p in available)
         with stream:
-            self.caches = {}  # past name -> device buffer [1, kv_heads, max_seq_len, head_dim]
-            for c in spec.caches:
-                for name in (c.past_key, c.past_value):
-                    self.caches[name] = cp.zeros(c.shape, dtype=c.dtype)
+            self.caches = cache_buffers(spec, cp.zeros)  # on the device
             # token inputs and all outputs at their largest n; a call uses the contiguous prefix
             self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype)
                              for t in (*spec.token_inputs, *spec.outputs)}
