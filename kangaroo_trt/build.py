@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .bundled import default_adapter, resolve_model
-from .config import AdapterSpec, ExportConfig, ModelSpec
+from .config import AdapterSpec, DecodeConfig, ExportConfig, ModelSpec
 from .contract.manifest import GRAPHS, MANIFEST, GraphEntry, Manifest, sha256
 from .contract.spec import graph_specs
 from .errors import ConfigError, KangarooError
@@ -43,6 +43,16 @@ def choose_adapter(adapter_path: Path | None, allow_random: bool, model: str) ->
         "no adapter given: pass --adapter DIR (a trained Kangaroo adapter), or --random-adapter for a randomly "
         "initialised one (correct output, but it will not speed anything up)"
     )
+
+
+def export_config(adapter: AdapterCheckpoint, exit_layer: int | None = None, gamma: int | None = None,
+                  tau: float | None = None, **fields) -> ExportConfig:
+    """Export settings for ``adapter``: its exit layer and tuned gamma / tau (``meta["decode"]``) unless given, and
+    ``fields`` (max_seq_len, precisions, ...); ``ExportConfig`` / ``DecodeConfig`` defaults for everything else."""
+    tuned = {k: v for k, v in adapter.meta.get("decode", {}).items() if k in ("gamma", "tau")}
+    given = {k: v for k, v in (("gamma", gamma), ("tau", tau)) if v is not None}
+    layer = exit_layer if exit_layer is not None else adapter.exit_layer
+    return ExportConfig(decode=DecodeConfig(**{**tuned, **given}), **({"exit_layer": layer} if layer else {}), **fields)
 
 
 def _prepare_out(out: Path, force: bool) -> None:
