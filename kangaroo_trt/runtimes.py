@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import BackendError
 
 TENSORRT_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
+POLYGRAPHY_HINT = "Polygraphy is not installed: pip install polygraphy (it builds the TensorRT plans)"
 CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
 
 
@@ -47,6 +48,15 @@ def tensorrt_available() -> bool:
     except BackendError:
         return False
     return True
+
+
+def import_polygraphy_trt():
+    """``polygraphy.backend.trt`` (its loaders import TensorRT only when run), or a one-line BackendError."""
+    try:
+        from polygraphy.backend import trt as trt_loaders
+    except ImportError as err:
+        raise BackendError(POLYGRAPHY_HINT) from err
+    return trt_loaders
 
 
 def import_cupy():

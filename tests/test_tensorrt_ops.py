@@ -78,6 +78,25 @@ def test_profile_shapes_come_from_the_graph_spec(engine):
     assert shapes[cache.past_key] == (cache.shape,) * 3  # static: one shape
 
 
+def test_polygraphy_plan_loader_has_our_profiles_pools_and_cache(engine, tmp_path):
+    """The loader chain the plan builder hands to Polygraphy (built without TensorRT; running it needs TensorRT)."""
+    out, _ = engine
+    manifest = Manifest.read(out)
+    entry = manifest.graphs["fp16"]["deep"]
+    export = builder.manifest_export(manifest)
+    cache = tmp_path / "timing.cache"
+    loader = builder.plan_loader(out / entry.file, entry.spec, export, cache, {"workspace": 123}, strongly_typed=True)
+    config = loader._config
+    expected = [p.shapes(entry.spec) for p in profiles(manifest.max_verify, manifest.prefill_chunk)]
+    assert [{name: tuple(map(tuple, shapes)) for name, shapes in profile.items()} for profile in config.profiles] == expected
+    assert config.memory_pool_limits == {"workspace": 123}
+    assert config.timing_cache_path is None and loader.timing_cache_path == str(cache)  # no cache yet: start empty
+    assert loader._network.path == str(out / entry.file) and loader._network.strongly_typed
+    cache.write_bytes(b"cache")
+    again = builder.plan_loader(out / entry.file, entry.spec, export, cache, {}, strongly_typed=False)
+    assert again._config.timing_cache_path == str(cache) and not again._network.strongly_typed
+
+
 @tensorrt_missing
 def test_build_without_tensorrt_says_what_to_install(engine, tiny_model, tmp_path):
     _, logs = engine
