@@ -7,7 +7,7 @@ then, for every backend that is available here
 (tensorrt, onnxruntime-cuda, torch-cuda, and onnxruntime-cpu as the baseline; the CUDA-graph backends with
 graphs on and off) and every precision it can run, generates each prompt with AR and with Kangaroo and
 prints tokens/s, the speedup, tokens per deep pass, and whether Kangaroo's tokens equal AR's. Exits 1 if
-any pair differs. Not run in this project yet (no GPU). On a machine without the bundled model package,
+any pair differs. Its results update the README's backend status table. On a machine without the bundled model package,
 scripts/gpu_carry.sh brings its weights along.
 """
 

@@ -10,9 +10,8 @@
 Which graph gets which (``calib/int8.py``) follows from the lossless rule. A static activation scale turns
 a last-bit difference into a whole quantization step, and steps cascade through the layers. The deep graph
 computes a position inside a verify pass (n > 1, attending to the other new rows in-graph) in a different
-float order than the same position in plain AR decoding (n = 1, from the cache); with W8A8 that grew to
-0.13 in layer 9's keys and changed Kangaroo's output vs AR on 3 of 3 held-out prompts (SmolLM2-135M). So
-the deep graph is weight-only (its numerics stay those of fp32: near-ties only), while the shallow graph
+float order than the same position in plain AR decoding (n = 1, from the cache); with W8A8 that difference
+grew into different tokens (bench/results/README.md, "INT8 design measurements"). So the deep graph is weight-only (its numerics stay those of fp32: near-ties only), while the shallow graph
 (always n = 1 after the prompt, identical in both modes) and the adapter (drafts only; verified anyway)
 are W8A8.
 
@@ -26,10 +25,9 @@ What is quantized, and how:
 * only the linear projections: ``MatMul`` nodes whose B input is a weight initializer (q/k/v/o, gate/up).
   Attention's activation x activation MatMuls (scores, probs @ V), the norms, rotary, softmax and the
   argmax heads stay fp32;
-* kept fp32 by default (``KEEP_FP32``), as measured: the LM head (the paper's and TensorRT-LLM's advice), and
-  ``down_proj``, whose input SiLU(gate) * up has outlier channels that one per-tensor scale cannot cover.
-  SmolLM2-135M, deep graph, teacher-forced top-1 agreement with fp32 on the held-out text (262 tokens):
-  every projection int8 0.427; all but down_proj 0.813; all but down_proj and o_proj 0.813;
+* kept fp32 by default (``KEEP_FP32``), as measured (bench/results/README.md, "INT8 design measurements"): the
+  LM head (the paper's and TensorRT-LLM's advice), and ``down_proj``, whose input SiLU(gate) * up has outlier
+  channels that one per-tensor scale cannot cover;
 * weights: int8, symmetric, per output channel (axis 1 of the [in, out] MatMul weight);
 * activations: int8, symmetric (zero point 0, as TensorRT requires), one scale per tensor from the min/max
   seen over the captured samples.

@@ -1,7 +1,7 @@
 """ONNX graphs of an engine directory -> one TensorRT plan per graph and precision, on Polygraphy's loaders.
 
-Status (see the README's backend table): this has never run, since the machines this project is developed on
-have no GPU or TensorRT. Built on Polygraphy (``NetworkFromOnnxPath(strongly_typed=...)``, ``CreateConfig(profiles=...,
+Status: never run (no GPU or TensorRT where this project is developed; the README's backend table says what
+has run). Built on Polygraphy (``NetworkFromOnnxPath(strongly_typed=...)``, ``CreateConfig(profiles=...,
 memory_pool_limits=..., load_timing_cache=...)``, ``EngineBytesFromNetwork(save_timing_cache=...)``, which
 locks the timing cache while it merges into it) rather than the TensorRT builder API by hand. Tested here
 without TensorRT: the Polygraphy loader chain we construct (profiles, pools, caches), plan bookkeeping and

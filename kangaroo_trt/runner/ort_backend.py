@@ -4,7 +4,7 @@ CPU: numpy buffers bound by pointer once per call size ``n`` (caches, token inpu
 its feeds into the bound input buffers and runs, so ONNX Runtime neither copies the caches nor allocates
 outputs, and nothing is rebound per call.
 
-CUDA (``onnxruntime-gpu``; UNVERIFIED, never run: no GPU on this project's machines): the same design with
+CUDA (``onnxruntime-gpu``; status: the README's backend table): the same design with
 CuPy device buffers bound as ``"cuda"`` memory. Token inputs and outputs live in buffers of the largest
 ``n`` (the contiguous prefix is bound for a call), the new cache rows are copied device to device, and
 outputs are returned as CuPy arrays (see ``trt_backend.py``: exit states never leave the device; only

@@ -1,8 +1,7 @@
 """TensorRT backend: plans from the engine directory, device buffers allocated once, one CUDA stream.
 
-UNVERIFIED: written against the TensorRT 10/11 runtime API and CuPy from their documentation; it has never
-run (no GPU or TensorRT on this project's machines). ``scripts/gpu_check.sh`` runs its GPU-marked tests
-where TensorRT is installed.
+Written against the TensorRT 10/11 runtime API and CuPy from their documentation; what has run where: the
+README's backend status table (``scripts/gpu_check.sh`` runs its GPU-marked tests where TensorRT is installed).
 
 Per graph (``TrtGraphRunner``):
 
