@@ -98,6 +98,7 @@ def main() -> int:
                 same &= ar.output_ids == k.output_ids
                 ar_s, ar_n = ar_s + ar.stats.total_s, ar_n + ar.stats.new_tokens
                 k_s, k_n, passes = k_s + k.stats.total_s, k_n + k.stats.new_tokens, passes + k.stats.acceptance.rounds
+            engine.close()  # free this backend's device memory before the next one opens
             failures += not same
             ar_tps, k_tps = ar_n / ar_s, k_n / k_s
             rows.append((label, precision, "ok" if same else "MISMATCH", f"{ar_tps:.1f}", f"{k_tps:.1f}",

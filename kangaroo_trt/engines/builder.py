@@ -13,7 +13,7 @@ softmax / rotary, or INT8 Q/DQ), so no precision flag is set. Per plan: the ``st
 optimization profiles (``contract/profiles.py``), a workspace limit, one timing cache shared by all plans of the
 directory (``trt/timing.cache``, reused by later builds on the same GPU), and the builder log
 (``trt/build.log``, Polygraphy's log with TensorRT's messages). The manifest's ``tensorrt`` record (``TensorRTRecord``) holds each plan with the sha256 of the ONNX
-file it was built from (``plans.py`` refuses a stale plan) and the TensorRT / CUDA / GPU versions.
+file it was built from (``contract/plans.py`` refuses a stale plan) and the TensorRT / CUDA / GPU versions.
 """
 
 from __future__ import annotations
