@@ -159,6 +159,8 @@ class KangarooEngine:
         if not self._lock.acquire(blocking=False):
             raise InputError("this engine is already serving a request: requests are served one at a time")
         try:
+            if self.backend is None:  # closed between stream() and the first piece
+                raise InputError("this engine is closed: open the engine directory again")
             decoder, done, shown = self.decoder, Transcript(), ""
             start = perf_counter()
             for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):
