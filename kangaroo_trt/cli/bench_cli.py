@@ -55,10 +55,10 @@ def _command_line(ctx: click.Context) -> str:
                    "tokens, else the adapter's drafts; 0 turns it off.")
 @click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
               help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma).")
-@click.option("--temperature", type=float, default=0.0, show_default=True,
+@click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy, with the equality check. Above 0: both modes sample (no token-for-token check).")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sampling: the k most likely tokens (0: all).")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Sampling: the top-p probability mass.")
+@click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sampling: the k most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=DecodeConfig.top_p, show_default=True, help="Sampling: the top-p probability mass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling: turn i uses seed + i in both modes.")
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
