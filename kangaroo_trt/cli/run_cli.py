@@ -41,8 +41,9 @@ def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, temperature
     if prompt == "-":
         prompt = click.get_text_stream("stdin").read()
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
-    stream = engine.stream(prompt, chat=chat, mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens,
-                           text=not as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+    config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed)
+    stream = engine.stream(prompt, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
     for piece in stream:
         click.echo(piece, nl=False)
     result = stream.result

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EngineDirError
-from ..export.manifest import Manifest, sha256
+from .manifest import Manifest, sha256
 
 PLAN_DIR = "trt"
 TIMING_CACHE = f"{PLAN_DIR}/timing.cache"

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AdapterSpec, DecodeConfig, ModelSpec
-from ..engines.profiles import Profile
 from ..errors import EngineDirError
+from .profiles import Profile
 from .spec import GraphSpec
 
 SCHEMA_VERSION = 2
