@@ -43,8 +43,14 @@ def engine_dir(tiny_engine) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(engine_dir):
-    """The engine API on the same directory: what every served output must equal."""
-    return KangarooEngine.open(engine_dir, threads=1)
+    """The engine API on the same directory: ``reference(prompt, mode=, chat=, **decoding)`` is what the server must give."""
+    engine = KangarooEngine.open(engine_dir, threads=1)
+
+    def generate(prompt, mode: str = "kangaroo", chat: bool = False, **decoding):
+        return engine.generate(prompt, chat=chat, mode=mode, config=engine.decode_config(**decoding))
+
+    yield generate
+    engine.close()
 
 
 @contextmanager
@@ -96,8 +102,8 @@ def test_models_and_health(server):
 
 def test_completion_equals_the_engine_and_kangaroo_run(server, reference, engine_dir):
     url, _ = server
-    expected = reference.generate(PROMPT, max_new_tokens=24)
-    assert expected.output_ids == reference.generate(PROMPT, max_new_tokens=24, mode="ar").output_ids
+    expected = reference(PROMPT, max_new_tokens=24)
+    assert expected.output_ids == reference(PROMPT, max_new_tokens=24, mode="ar").output_ids
     response = client(url).completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0)
     choice = response.choices[0]
     assert choice.text == expected.text and choice.finish_reason == "length"
@@ -121,7 +127,7 @@ def test_completion_equals_the_engine_and_kangaroo_run(server, reference, engine
 
 def test_chat_stream_equals_plain_and_the_engine(server, reference):
     url, _ = server
-    expected = reference.generate(MESSAGES, chat=True, max_new_tokens=32, mode="ar")
+    expected = reference(MESSAGES, chat=True, max_new_tokens=32, mode="ar")
     plain = client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=32, temperature=0)
     assert plain.choices[0].message.content == expected.text and plain.choices[0].message.role == "assistant"
     assert plain.usage.prompt_tokens == len(expected.prompt_ids)
@@ -135,7 +141,7 @@ def test_chat_stream_equals_plain_and_the_engine(server, reference):
 
 def test_stop_strings(server, reference):
     url, _ = server
-    full = reference.generate(PROMPT, max_new_tokens=40).text
+    full = reference(PROMPT, max_new_tokens=40).text
     stop = full[10:13]
     assert stop and full.find(stop) >= 10 - 2
     cut = full[:full.find(stop)]
@@ -147,7 +153,7 @@ def test_stop_strings(server, reference):
 
 def test_seed_repeats_sampling(server, reference):
     url, _ = server
-    expected = reference.generate(PROMPT, max_new_tokens=24, temperature=0.9, top_p=0.95, seed=7).text
+    expected = reference(PROMPT, max_new_tokens=24, temperature=0.9, top_p=0.95, seed=7).text
     ask = dict(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0.9, top_p=0.95)
     first = client(url).completions.create(seed=7, **ask).choices[0].text
     streamed = "".join(c.choices[0].text for c in client(url).completions.create(seed=7, stream=True, **ask))
@@ -160,7 +166,7 @@ def test_seed_repeats_sampling(server, reference):
 def test_more_requests_than_engines_all_equal_serial_runs(server, reference):
     url, _ = server
     jobs = [(p, t, s) for p in (PROMPT, "hello world", "def add(a, b):") for t, s in ((0.0, None), (0.8, 5))]
-    serial = [reference.generate(p, max_new_tokens=48, temperature=t, seed=s).text for p, t, s in jobs]
+    serial = [reference(p, max_new_tokens=48, temperature=t, seed=s).text for p, t, s in jobs]
 
     def ask(i: int) -> str:
         p, t, s = jobs[i]
@@ -181,7 +187,7 @@ def long_stream(url: str):
 
 
 def test_full_queue_answers_429_and_disconnect_frees_the_engine(engine_dir, reference):
-    assert reference.generate(LONG_PROMPT, max_new_tokens=LONG).stop_reason == "max_new_tokens"  # it really runs long
+    assert reference(LONG_PROMPT, max_new_tokens=LONG).stop_reason == "max_new_tokens"  # it really runs long
     with serving(engine_dir, workers=1, max_queue=1) as (url, app):
         pool = app.state.pool
         running = long_stream(url)
@@ -195,7 +201,7 @@ def test_full_queue_answers_429_and_disconnect_frees_the_engine(engine_dir, refe
             assert time.monotonic() - t < 5  # at once, not after the running request
             assert refused.value.status_code == 429 and refused.value.body["code"] == "queue_full"
             running.close()  # the client goes away mid-stream: its engine serves the queued request
-            assert queued.result(timeout=DEADLINE) == reference.generate("hello", max_new_tokens=4).text
+            assert queued.result(timeout=DEADLINE) == reference("hello", max_new_tokens=4).text
         assert metric(url, "kangaroo_errors_total", kind="queue_full") == 1
         assert metric(url, "kangaroo_errors_total", kind="client_disconnected") == 1
         assert metric(url, "kangaroo_generated_tokens_total") == 4  # the long one was cancelled, never finished
