@@ -311,3 +311,20 @@ def _up(url: str) -> bool:
         return httpx2.get(f"{url}/health", timeout=1).status_code == 200
     except httpx2.TransportError:
         return False
+
+
+def test_load_run_reports_both_modes_and_their_equality(engine_dir, tmp_path):
+    """kangaroo-serve-load end to end on the tiny engine (a functional check: its timings are not asserted)."""
+    from kangaroo_trt.cli import serve_load_cli
+
+    out = tmp_path / "load"
+    result = CliRunner().invoke(serve_load_cli.main, ["--engine-dir", str(engine_dir), "--requests", "3", "--concurrency", "2",
+                                                      "--max-tokens", "8", "--workers", "1", "--threads", "1",
+                                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["mode"], r["workers"], r["completed"], r["failed"]) for r in report["runs"]] == [("ar", 1, 3, 0),
+                                                                                              ("kangaroo", 1, 3, 0)]
+    assert report["equality"] == {"matched": 3, "compared": 3}
+    assert report["runs"][1]["tokens_per_deep_pass"] >= 1 and report["runs"][0]["tokens_per_deep_pass"] is None
+    assert "| kangaroo | 1 | 3/3 |" in (out / "report.md").read_text()

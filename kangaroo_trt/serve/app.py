@@ -91,7 +91,7 @@ def create_app(pool: EnginePool, settings: Settings) -> FastAPI:
         if body.model is not None and body.model != settings.model_name:
             raise ModelNotFound(body.model)
         body.unsupported()
-        lease = await _until_disconnected(request, pool.lease())
+        lease = await _until_disconnected(request, pool.lease(), abandon=_release)
         try:
             generation = Generation.start(lease, prompt, chat, body.sampling(), settings.mode, metrics, arrived, prompt_param)
         except BaseException:
@@ -155,8 +155,10 @@ async def _release(lease: Lease) -> None:
         await lease.release()
 
 
-async def _until_disconnected(request: Request, awaitable) -> Any:
-    """Await ``awaitable`` unless the client disconnects first (then cancel it and raise ``ClientGone``)."""
+async def _until_disconnected(request: Request, awaitable, abandon=None) -> Any:
+    """Await ``awaitable`` unless the client disconnects first (then cancel it and raise ``ClientGone``).
+
+    ``abandon(result)`` is awaited if this request is cancelled just as ``awaitable`` finished (a lease goes back)."""
     task = asyncio.ensure_future(awaitable)
 
     async def disconnected() -> None:
@@ -166,6 +168,10 @@ async def _until_disconnected(request: Request, awaitable) -> Any:
     watch = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        if abandon is not None and task.done() and not task.cancelled() and task.exception() is None:
+            await abandon(task.result())
+        raise
     finally:
         watch.cancel()
         if not task.done():

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..runner.api import KangarooEngine
-from ..runner.streaming import AsyncStream
+
+if TYPE_CHECKING:
+    from ..runner.streaming import AsyncStream
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Worker:
             return list(prompt)
         return self.engine.encode(prompt, chat)
 
-    def stream(self, prompt_ids: list[int], mode: str, sampling: Sampling) -> AsyncStream:
+    def stream(self, prompt_ids: list[int], mode: str, sampling: Sampling) -> "AsyncStream":
         """Start generating (``ConfigError`` / ``InputError`` for settings the engine refuses)."""
         max_tokens = sampling.max_tokens if sampling.max_tokens is not None else self.max_seq_len - len(prompt_ids)
         config = self.engine.decode_config(max_new_tokens=max_tokens, temperature=sampling.temperature,
