@@ -99,7 +99,7 @@ def create_app(pool: EnginePool, settings: Settings) -> FastAPI:
             raise
         shape = Shape(chat, settings.model_name)
         if body.stream:
-            return LeasedStream(_events(generation, shape, body.include_usage), lease, metrics)
+            return LeasedStream(_events(generation, shape, body.include_usage, metrics), lease, metrics)
         try:
             text = await _until_disconnected(request, generation.text())
         finally:
@@ -109,15 +109,18 @@ def create_app(pool: EnginePool, settings: Settings) -> FastAPI:
     return app
 
 
-async def _events(generation: Generation, shape: Shape, include_usage: bool) -> AsyncIterator[str]:
+async def _events(generation: Generation, shape: Shape, include_usage: bool, metrics: ServerMetrics) -> AsyncIterator[str]:
+    """The stream's events: a chunk per text piece, the finish reason (and usage), ``[DONE]``; an error as an event."""
     if shape.chat:
         yield sse(shape.chunk(first=True))
     try:
         async for piece in generation.pieces():
             yield sse(shape.chunk(piece))
     except KangarooError as err:
+        metrics.errors.labels("bad_request").inc()
         yield sse(error_body(str(err)))
     except Exception:
+        metrics.errors.labels("internal").inc()
         log.exception("generation failed")
         yield sse(error_body("the generation failed on the server (see its log)", "server_error"))
     else:

@@ -31,6 +31,7 @@ class Sampling:
 class Worker:
     def __init__(self, engine: KangarooEngine, index: int) -> None:
         self.engine, self.index = engine, index
+        self.description = f"{engine.backend.name} {engine.precision} on {engine.backend.device}"
 
     @classmethod
     def open(cls, directory: str | Path, index: int = 0, backend: str = "auto", precision: str | None = None,
@@ -40,10 +41,6 @@ class Worker:
     @property
     def max_seq_len(self) -> int:
         return self.engine.manifest.max_seq_len
-
-    @property
-    def description(self) -> str:
-        return f"{self.engine.backend.name} {self.engine.precision} on {self.engine.backend.device}"
 
     def encode(self, prompt: str | list[dict] | list[int], chat: bool) -> list[int]:
         """Token ids of a prompt: text, chat messages (the engine's chat encoding) or ids (checked against the vocabulary)."""
