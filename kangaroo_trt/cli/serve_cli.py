@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..config import MODES
 from .common import quiet_libraries, user_errors
 
 
@@ -18,7 +19,7 @@ from .common import quiet_libraries, user_errors
                    "[one per 4 CPU cores, at most 4].")
 @click.option("--max-queue", type=click.IntRange(min=0), default=16, show_default=True,
               help="Requests that may wait for an engine; past that a request gets 429 at once.")
-@click.option("--mode", type=click.Choice(["kangaroo", "ar"]), default="kangaroo", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True,
               help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--model-name", default=None, help="The model id clients send and GET /v1/models lists [the engine directory's name].")
 @click.option("--backend", default="auto", show_default=True,

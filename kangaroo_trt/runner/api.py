@@ -22,12 +22,12 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Sequence
 
-from ..config import DecodeConfig
-from ..errors import ConfigError, InputError
+from ..config import MODES, DecodeConfig
 from ..contract.manifest import Manifest
+from ..errors import ConfigError, InputError
 from .backend import EngineRef
 from .backends import open_backend
-from .decode import Decoder, MODES, Transcript
+from .decode import Decoder, Transcript
 from .stats import GenerationStats
 from .stops import StopStrings
 from .streaming import AsyncStream, Stream
@@ -159,6 +159,8 @@ class KangarooEngine:
         if not self._lock.acquire(blocking=False):
             raise InputError("this engine is already serving a request: requests are served one at a time")
         try:
+            if self.backend is None:  # closed between stream() and the first piece
+                raise InputError("this engine is closed: open the engine directory again")
             decoder, done, shown = self.decoder, Transcript(), ""
             start = perf_counter()
             for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):

@@ -12,18 +12,17 @@ same ``n``; copy them to keep them longer.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from ..errors import InputError
 from ..contract.manifest import Manifest
 from ..contract.spec import GraphSpec
+from ..errors import InputError
 
 
 def prefix_view(buffer, shape: tuple[int, ...]):
@@ -45,11 +44,6 @@ def cuda_graphs_enabled() -> bool:
     return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"
 
 
-def importable(module: str) -> bool:
-    """Whether ``module`` is installed (without importing it)."""
-    return importlib.util.find_spec(module) is not None
-
-
 @dataclass(frozen=True)
 class EngineRef:
     """One precision of an engine directory: what a backend is opened with (files come from the manifest)."""
@@ -61,6 +55,15 @@ class EngineRef:
     def graphs(self) -> dict[str, tuple[Path, GraphSpec]]:
         """graph name -> (ONNX path, I/O contract)."""
         return {g: (self.directory / e.file, e.spec) for g, e in self.manifest.graphs[self.precision].items()}
+
+
+def cache_buffers(spec: GraphSpec, zeros: Callable[[tuple[int, ...], str], Any]) -> dict:
+    """past name -> a zeroed KV-cache buffer [1, kv_heads, max_seq_len, head_dim] from ``zeros(shape, dtype)``.
+
+    The one place caches are allocated: ``np.zeros`` (ONNX Runtime CPU), ``cupy.zeros`` (CUDA backends), a
+    torch factory (PyTorch backend), or a calibration sample's host copy.
+    """
+    return {name: zeros(c.shape, c.dtype) for c in spec.caches for name in (c.past_key, c.past_value)}
 
 
 class GraphRunner(ABC):

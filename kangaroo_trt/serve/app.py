@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..config import MODES
 from ..errors import KangarooError
 from .generation import ContextTooLong, Generation
 from .metrics import ServerMetrics
@@ -34,7 +35,7 @@ PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/m
 @dataclass
 class Settings:
     model_name: str
-    mode: str = "kangaroo"
+    mode: str = MODES[0]  # kangaroo
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown before they are cancelled
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
+from ..markdown import markdown_table
 from .app import Settings, create_app
 from .pool import EnginePool, open_workers
 from .server import BackgroundServer
@@ -165,14 +166,15 @@ def markdown(rep: dict[str, Any]) -> str:
              f"{st['requests']} streamed {'chat ' if st['chat'] else ''}requests (Spec-Bench first turns, greedy, "
              f"max_tokens {st['max_tokens']}), at most {st['concurrency']} at a time, time limit {st['time_limit']:g} s "
              f"per run; client and server on loopback in one process ({rep['environment']['cpu_count']} cores, "
-             f"{rep['environment']['cpu']}). Engine: {rep['engine']['description']}.", "",
-             "| mode | workers | completed | req/s | vs AR | latency p50 / p99 (s) | TTFT p50 / p99 (s) | output tok/s "
-             "| tokens per deep pass |", "|---|---|---|---|---|---|---|---|---|"]
-    for s in rep["runs"]:
-        lines.append(f"| {s['mode']} | {s['workers']} | {s['completed']}/{s['requests']} | {num(s['requests_per_s'])} | "
-                     f"{num(s['requests_per_s_vs_ar'], '{:.2f}x')} | {num(s['latency_p50_s'])} / {num(s['latency_p99_s'])} | "
-                     f"{num(s['ttft_p50_s'], '{:.3f}')} / {num(s['ttft_p99_s'], '{:.3f}')} | "
-                     f"{num(s['output_tokens_per_s'], '{:.1f}')} | {num(s['tokens_per_deep_pass'])} |")
+             f"{rep['environment']['cpu']}). Engine: {rep['engine']['description']}.", ""]
+    header = ["mode", "workers", "completed", "req/s", "vs AR", "latency p50 / p99 (s)", "TTFT p50 / p99 (s)",
+              "output tok/s", "tokens per deep pass"]
+    lines += markdown_table(header, [[s["mode"], str(s["workers"]), f"{s['completed']}/{s['requests']}",
+                                      num(s["requests_per_s"]), num(s["requests_per_s_vs_ar"], "{:.2f}x"),
+                                      f"{num(s['latency_p50_s'])} / {num(s['latency_p99_s'])}",
+                                      f"{num(s['ttft_p50_s'], '{:.3f}')} / {num(s['ttft_p99_s'], '{:.3f}')}",
+                                      num(s["output_tokens_per_s"], "{:.1f}"), num(s["tokens_per_deep_pass"])]
+                                     for s in rep["runs"]])
     lines += ["", f"Kangaroo text identical to AR's: {eq['matched']}/{eq['compared']} requests."]
     lines += [f"{s['mode']} workers {s['workers']}: {s['failed']} failed, first: {s['first_error']}" for s in rep["runs"]
               if s["failed"]]
