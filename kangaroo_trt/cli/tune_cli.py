@@ -11,12 +11,13 @@ from .common import quiet_libraries, user_errors
 from .train_cli import pick_device, set_threads, training_options
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+def _numbers(text: str, kind: type, option: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        from ..errors import InputError
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+        raise InputError(f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
 @click.command()
@@ -51,8 +52,8 @@ def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts,
     settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
     config = TrainConfig(epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, seed=seed)
-    sweep = SweepConfig(_ints(exit_layers), candidate_epochs, _ints(gammas), _floats(taus), prompts, max_new_tokens,
-                        threads=runtime_threads)
+    sweep = SweepConfig(_numbers(exit_layers, int, "--exit-layers"), candidate_epochs, _numbers(gammas, int, "--gammas"),
+                        _numbers(taus, float, "--taus"), prompts, max_new_tokens, threads=runtime_threads)
     if pick_device(device) != "cpu":
         click.echo("note: training runs on the GPU; the timed engines are ONNX Runtime CPU", err=True)
     with tempfile.TemporaryDirectory(prefix="kangaroo-tune-") as tmp:

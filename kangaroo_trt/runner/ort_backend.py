@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, EngineDirError
 from ..export.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner, importable
 
@@ -43,7 +43,9 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as err:  # ORT raises its own exception types for corrupt or unloadable graphs
-        raise BackendError(f"ONNX Runtime cannot load {path.name}: {err}: rebuild the engine directory") from err
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise EngineDirError(f"ONNX Runtime cannot load {path.name} ({first}): the graph is corrupt or was changed, "
+                             "rebuild the engine directory") from err
 
 
 def _bind(binding, name: str, array: np.ndarray, output: bool) -> None:
