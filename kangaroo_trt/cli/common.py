@@ -37,7 +37,10 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread (an embedding application): leave its signals alone
+            previous = None
         try:
             return fn(*args, **kwargs)
         except KangarooError as err:
@@ -49,7 +52,8 @@ def user_errors(fn):
         except Terminated:
             _fail("terminated", 143)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
