@@ -56,7 +56,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from kangaroo_trt.config import DecodeConfig, ExportConfig
-    from kangaroo_trt.export.build import build_engine_dir
+    from kangaroo_trt.build import build_engine_dir
     from kangaroo_trt.runner.api import KangarooEngine
     from kangaroo_trt.runner.backends import BACKENDS
 
@@ -66,7 +66,7 @@ def main() -> int:
     precisions = tuple(p for p in args.precisions.split(",") if p)
     t = time.perf_counter()
     from kangaroo_trt.bundled import default_adapter
-    from kangaroo_trt.export.build import choose_adapter
+    from kangaroo_trt.build import choose_adapter
 
     adapter = choose_adapter(None, default_adapter(model) is None, model)  # the shipped one where there is one
     tuned = adapter.meta.get("decode", {})  # gamma / tau the adapter was tuned with, as kangaroo-export build uses
@@ -90,13 +90,15 @@ def main() -> int:
             except Exception as err:  # e.g. no TensorRT plans: report and go on
                 rows.append((label, precision, f"cannot open: {str(err)[:60]}", "", "", "", ""))
                 continue
-            engine.generate(PROMPTS[0], chat=engine.manifest.has_chat_template, max_new_tokens=8)  # warm-up
+            engine.generate(PROMPTS[0], chat=engine.manifest.has_chat_template,
+                            config=engine.decode_config(max_new_tokens=8))  # warm-up
+            config = engine.decode_config(max_new_tokens=args.max_new_tokens)
             ar_s = k_s = ar_n = k_n = passes = 0.0
             same = True
             for prompt in PROMPTS:
                 chat = engine.manifest.has_chat_template
-                ar = engine.generate(prompt, chat=chat, mode="ar", max_new_tokens=args.max_new_tokens)
-                k = engine.generate(prompt, chat=chat, mode="kangaroo", max_new_tokens=args.max_new_tokens)
+                ar = engine.generate(prompt, chat=chat, mode="ar", config=config)
+                k = engine.generate(prompt, chat=chat, mode="kangaroo", config=config)
                 same &= ar.output_ids == k.output_ids
                 ar_s, ar_n = ar_s + ar.stats.total_s, ar_n + ar.stats.new_tokens
                 k_s, k_n, passes = k_s + k.stats.total_s, k_n + k.stats.new_tokens, passes + k.stats.acceptance.rounds

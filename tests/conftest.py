@@ -83,7 +83,7 @@ def tiny_engine(tiny_model, tmp_path_factory):
     """Factory: tiny_engine(model, **ExportConfig fields) -> (engine directory, build log lines), built once per
     session for each distinct set of arguments, with a random adapter. Tests must not change what it returns."""
     from kangaroo_trt.config import ExportConfig
-    from kangaroo_trt.export.build import build_engine_dir
+    from kangaroo_trt.build import build_engine_dir
 
     built: dict[tuple, tuple[Path, list[str]]] = {}
 
@@ -109,7 +109,7 @@ def oracle_engine(tmp_path_factory):
     from safetensors.torch import load_file, save_file
 
     from kangaroo_trt.config import AdapterSpec, ExportConfig, ModelSpec
-    from kangaroo_trt.export.build import build_engine_dir
+    from kangaroo_trt.build import build_engine_dir
     from kangaroo_trt.model.weights import AdapterCheckpoint, load_hf_config, random_adapter
     from kangaroo_trt.runner.api import KangarooEngine
 
@@ -141,7 +141,7 @@ def smollm2_dir() -> Path:
 def smollm2_engine(tmp_path_factory, smollm2_dir) -> Path:
     """The real default model exported once with a random adapter (exactness does not depend on the adapter)."""
     from kangaroo_trt.config import ExportConfig
-    from kangaroo_trt.export.build import build_engine_dir
+    from kangaroo_trt.build import build_engine_dir
 
     out = tmp_path_factory.mktemp("engines") / "smollm2"
     build_engine_dir("smollm2-135m", out, ExportConfig(max_seq_len=384), allow_random_adapter=True, log=lambda _: None)

@@ -44,7 +44,7 @@ def questions_file(tmp_path):
 
 
 def _pair(engine, prompt=PROMPT, max_new_tokens=12):
-    return tuple(engine.generate(prompt, mode=m, gamma=3, tau=0.0, max_new_tokens=max_new_tokens, record_margins=True)
+    return tuple(engine.generate(prompt, mode=m, record_margins=True, config=engine.decode_config(gamma=3, tau=0.0, max_new_tokens=max_new_tokens))
                  for m in ("kangaroo", "ar"))
 
 
@@ -146,7 +146,7 @@ def test_run_bench_and_report(engine, questions_file, tmp_path, monkeypatch):
     monkeypatch.setattr(KangarooEngine, "generate", lambda self, *a, **kw: order.append(kw["mode"]) or real(self, *a, **kw))
 
     questions = select(load_questions(questions_file))
-    bench = run_bench(engine, questions, BenchConfig(max_new_tokens=8, gamma=3, tau=0.0))
+    bench = run_bench(engine, questions, BenchConfig(engine.decode_config(max_new_tokens=8, gamma=3, tau=0.0)))
     assert not bench.interrupted and len(bench.runs) == 4
     assert order[:2] == ["kangaroo", "ar"]  # warm-up
     assert [order[i] for i in range(2, len(order), 2)] == ["kangaroo", "ar", "kangaroo", "ar"]  # alternating starts
@@ -181,7 +181,7 @@ def test_transformers_baseline(engine, questions_file):
     from kangaroo_trt.bench.hf_baseline import TransformersBaseline
 
     baseline = TransformersBaseline.for_engine(engine, threads=1)
-    bench = run_bench(engine, select(load_questions(questions_file), ["qa"], 1), BenchConfig(max_new_tokens=6), baseline)
+    bench = run_bench(engine, select(load_questions(questions_file), ["qa"], 1), BenchConfig(engine.decode_config(max_new_tokens=6)), baseline)
     hf = bench.runs[0].turns[0].results["hf"]
     assert 0 < hf.stats.new_tokens <= 6 and hf.prompt_ids == bench.runs[0].turns[0].results["ar"].prompt_ids
     report = build_report(bench, engine)
@@ -272,7 +272,7 @@ def test_smollm2_multi_turn_chat(smollm2_engine):
     """The real model's chat template: turn 2 is the whole conversation, with the model's first answer in it."""
     engine = KangarooEngine.open(smollm2_engine, threads=1)
     question = select(load_questions(), ["mt_bench"], 1)
-    bench = run_bench(engine, question, BenchConfig(max_new_tokens=8), progress=None)
+    bench = run_bench(engine, question, BenchConfig(engine.decode_config(max_new_tokens=8)), progress=None)
     first, second = bench.runs[0].turns
     assert bench.prompt_format == "chat template"
     assert all(t.equality.status == MATCH for t in (first, second))

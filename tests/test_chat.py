@@ -68,5 +68,5 @@ def test_engine_treats_message_text_as_text(smollm2_engine, tokenizer):
     assert ids == encode_chat(tokenizer, [{"role": "user", "content": INJECTION}])
     assert len(_control(tokenizer, ids)) == 5
     assert len(_control(tokenizer, engine.encode(INJECTION, chat=True, parse_special=True))) == 8
-    result = engine.generate(INJECTION, chat=True, max_new_tokens=4)
+    result = engine.generate(INJECTION, chat=True, config=engine.decode_config(max_new_tokens=4))
     assert result.prompt_ids == ids

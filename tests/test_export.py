@@ -9,9 +9,9 @@ import pytest
 from conftest import TINY_CONFIGS
 from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.errors import ConfigError, EngineDirError
-from kangaroo_trt.export import build as build_module
-from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.export.manifest import Manifest
+from kangaroo_trt import build as build_module
+from kangaroo_trt.build import build_engine_dir
+from kangaroo_trt.contract.manifest import Manifest
 from kangaroo_trt.export.validate import TOLERANCES
 from kangaroo_trt.runner.api import KangarooEngine
 
@@ -76,8 +76,8 @@ def test_fp16_engine_runs_losslessly_against_itself(tiny_model, tmp_path):
     out = tmp_path / "engine"
     _build(tiny_model, "llama-gqa-tied", out, precisions=("fp16",))
     engine = KangarooEngine.open(out)
-    ar = engine.generate(prompt_ids=[5, 9, 11, 40], mode="ar", max_new_tokens=16)
-    kg = engine.generate(prompt_ids=[5, 9, 11, 40], mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=16)
+    ar = engine.generate(prompt_ids=[5, 9, 11, 40], mode="ar", config=engine.decode_config(max_new_tokens=16))
+    kg = engine.generate(prompt_ids=[5, 9, 11, 40], mode="kangaroo", config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=16))
     assert kg.stats.precision == "fp16"
     assert kg.output_ids == ar.output_ids
 
@@ -138,7 +138,8 @@ def test_corrupt_or_foreign_engine_dirs_are_refused(tiny_model, tmp_path):
     (old / "manifest.json").write_text(json.dumps(v1))
     lifted = Manifest.read(old)
     assert lifted == Manifest.read(out) and lifted.tensorrt is None
-    assert KangarooEngine.open(old).generate("a", max_new_tokens=3).output_ids
+    with KangarooEngine.open(old) as engine:
+        assert engine.generate("a", config=engine.decode_config(max_new_tokens=3)).output_ids
 
     (old / "manifest.json").write_text("{not json")
     with pytest.raises(EngineDirError, match="not valid JSON"):

@@ -13,8 +13,8 @@ import pytest
 
 from kangaroo_trt.config import DecodeConfig, ExportConfig
 from kangaroo_trt.errors import EngineDirError, InputError, KangarooError
-from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.export.manifest import MANIFEST, Manifest
+from kangaroo_trt.build import build_engine_dir
+from kangaroo_trt.contract.manifest import MANIFEST, Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 
 MODEL = "llama-gqa-tied"
@@ -269,8 +269,8 @@ def test_smallest_allowed_temperature_samples_the_argmax(engine_dir):
     from kangaroo_trt.config import MIN_TEMPERATURE
 
     engine = KangarooEngine.open(engine_dir)
-    greedy = engine.generate("the quick brown fox", max_new_tokens=8)
-    cold = engine.generate("the quick brown fox", max_new_tokens=8, temperature=MIN_TEMPERATURE, seed=1)
+    greedy = engine.generate("the quick brown fox", config=engine.decode_config(max_new_tokens=8))
+    cold = engine.generate("the quick brown fox", config=engine.decode_config(max_new_tokens=8, temperature=MIN_TEMPERATURE, seed=1))
     assert cold.output_ids == greedy.output_ids
 
 
@@ -280,7 +280,7 @@ def test_smallest_allowed_temperature_samples_the_argmax(engine_dir):
 def test_bad_prompt_ids_are_refused(engine_dir, ids):
     engine = KangarooEngine.open(engine_dir)
     with pytest.raises(InputError, match="prompt_ids"):
-        engine.generate(prompt_ids=ids, max_new_tokens=2)
+        engine.generate(prompt_ids=ids, config=engine.decode_config(max_new_tokens=2))
 
 
 # -- 11. threads -----------------------------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_corrupt_graph_with_checksums_skipped_says_so(engine_copy):
 
 def test_finished_stream_keeps_its_result(engine_dir):
     engine = KangarooEngine.open(engine_dir)
-    stream = engine.stream("hello world", max_new_tokens=4)
+    stream = engine.stream("hello world", config=engine.decode_config(max_new_tokens=4))
     first = list(stream)
     result = stream.result
     assert result is not None

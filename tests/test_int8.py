@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from kangaroo_trt.export.manifest import GRAPHS, Manifest
+from kangaroo_trt.contract.manifest import GRAPHS, Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 
 PROMPTS = ["the quick brown fox", "kangaroo decoding drafts with shallow layers", "def add(a, b):"]
@@ -78,9 +78,9 @@ def test_kangaroo_equals_ar_on_int8(int8_engine):
     engine = KangarooEngine.open(out, precision="int8")
     assert engine.precision == "int8"
     for prompt in PROMPTS:
-        ar = engine.generate(prompt, mode="ar", max_new_tokens=24)
+        ar = engine.generate(prompt, mode="ar", config=engine.decode_config(max_new_tokens=24))
         for gamma, tau in ((1, 0.0), (4, 0.0), (6, 0.6)):
-            kangaroo = engine.generate(prompt, mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=24)
+            kangaroo = engine.generate(prompt, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=24))
             assert kangaroo.output_ids == ar.output_ids, (prompt, gamma, tau)
         assert ar.stats.precision == "int8"
 
@@ -109,7 +109,8 @@ def test_cli_int8_without_fp32_uses_a_scratch_export(tiny_model, tmp_path):
     manifest = Manifest.read(out)
     assert manifest.precisions == ["int8"]
     assert not (out / "onnx" / "fp32").exists() and not any(p.name.startswith(".") for p in out.rglob("*"))
-    result = KangarooEngine.open(out).generate("hello world", max_new_tokens=12)
+    with KangarooEngine.open(out) as engine:
+        result = engine.generate("hello world", config=engine.decode_config(max_new_tokens=12))
     assert result.stats.precision == "int8" and result.output_ids
 
 

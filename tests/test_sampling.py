@@ -83,16 +83,16 @@ def engine(tiny_engine):
 
 
 def test_top_k_1_sampling_is_greedy_in_both_modes(engine):
-    greedy = engine.generate("the quick brown fox", mode="ar", max_new_tokens=20).output_ids
+    greedy = engine.generate("the quick brown fox", mode="ar", config=engine.decode_config(max_new_tokens=20)).output_ids
     for mode in ("ar", "kangaroo"):
-        sampled = engine.generate("the quick brown fox", mode=mode, max_new_tokens=20, temperature=1.3, top_k=1, seed=5)
+        sampled = engine.generate("the quick brown fox", mode=mode, config=engine.decode_config(max_new_tokens=20, temperature=1.3, top_k=1, seed=5))
         assert sampled.output_ids == greedy, mode
 
 
 def test_seeded_sampling_repeats_and_seeds_differ(engine):
     for mode in ("ar", "kangaroo"):
-        run = lambda seed: engine.generate("def add(a, b):", mode=mode, max_new_tokens=16, temperature=1.0,  # noqa: E731
-                                           seed=seed, gamma=3, tau=0.0)
+        run = lambda seed: engine.generate("def add(a, b):", mode=mode, config=engine.decode_config(  # noqa: E731
+            max_new_tokens=16, temperature=1.0, seed=seed, gamma=3, tau=0.0))
         a, b, c = run(11), run(11), run(12)
         assert a.output_ids == b.output_ids and a.output_ids != c.output_ids, mode
         assert a.stats.to_dict()["sampling"] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 11}
@@ -105,8 +105,8 @@ def test_kangaroo_and_ar_sample_the_same_first_token(oracle_engine):
     for mode in ("ar", "kangaroo"):
         seen: dict[int, int] = {}
         for seed in range(n):
-            first = oracle_engine.generate(prompt_ids=prompt, mode=mode, max_new_tokens=2, temperature=0.8, top_k=4,
-                                           seed=seed, gamma=3, tau=0.0).output_ids[0]
+            config = oracle_engine.decode_config(max_new_tokens=2, temperature=0.8, top_k=4, seed=seed, gamma=3, tau=0.0)
+            first = oracle_engine.generate(prompt_ids=prompt, mode=mode, config=config).output_ids[0]
             seen[first] = seen.get(first, 0) + 1
         counts[mode] = seen
     keys = set(counts["ar"]) | set(counts["kangaroo"])

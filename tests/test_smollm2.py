@@ -32,7 +32,7 @@ def engine(smollm2_engine):
 
 @pytest.fixture(scope="module")
 def ar_runs(engine):
-    return {p: engine.generate(p, chat=True, mode="ar", max_new_tokens=NEW_TOKENS, record_margins=True) for p in PROMPTS}
+    return {p: engine.generate(p, chat=True, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=NEW_TOKENS)) for p in PROMPTS}
 
 
 def test_ar_equals_transformers_generate(engine, ar_runs, smollm2_dir):
@@ -53,7 +53,7 @@ def test_ar_equals_transformers_generate(engine, ar_runs, smollm2_dir):
 def test_kangaroo_equals_ar(engine, ar_runs, gamma, tau):
     ties = NearTies()
     for prompt, ar in ar_runs.items():
-        kg = engine.generate(prompt, chat=True, mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=NEW_TOKENS)
+        kg = engine.generate(prompt, chat=True, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=NEW_TOKENS))
         ties.check(ar, kg, f"gamma={gamma} tau={tau} {prompt!r}")
         assert kg.prompt_ids == ar.prompt_ids and kg.stop_reason == ar.stop_reason
         drafted = kg.stats.acceptance.drafted
@@ -66,7 +66,7 @@ def test_kangaroo_equals_ar(engine, ar_runs, gamma, tau):
 def test_chat_template_and_streaming(engine):
     ids = engine.encode("Hi!", chat=True)
     assert engine.tokenizer.decode(ids).startswith("<|im_start|>")
-    stream = engine.stream("Name a color.", chat=True, max_new_tokens=12)
+    stream = engine.stream("Name a color.", chat=True, config=engine.decode_config(max_new_tokens=12))
     pieces = list(stream)
     assert "".join(pieces) == stream.result.text
     assert stream.result.stats.new_tokens == len(stream.result.output_ids) <= 12

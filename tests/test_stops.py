@@ -31,14 +31,14 @@ def engine(tiny_engine):
 
 def _stop_inside(engine) -> tuple[str, str]:
     """A stop string taken from the middle of the unstopped AR output, and the text expected before it."""
-    full = engine.generate("the quick brown fox", mode="ar", max_new_tokens=40).text
+    full = engine.generate("the quick brown fox", mode="ar", config=engine.decode_config(max_new_tokens=40)).text
     stop = next(full[i:i + 2] for i in range(len(full) // 3, len(full) - 1) if full[i:i + 2].isascii() and full[i:i + 2].isalnum())
     return stop, full[:full.find(stop)]
 
 
 def test_kangaroo_and_ar_stop_at_the_same_token(engine):
     stop, expected = _stop_inside(engine)
-    results = [engine.generate("the quick brown fox", mode=m, max_new_tokens=40, stop=[stop], gamma=4, tau=0.0)
+    results = [engine.generate("the quick brown fox", mode=m, stop=[stop], config=engine.decode_config(max_new_tokens=40, gamma=4, tau=0.0))
                for m in ("ar", "kangaroo")]
     for r in results:
         assert r.stop_reason == "stop" and r.text == expected
@@ -49,11 +49,11 @@ def test_kangaroo_and_ar_stop_at_the_same_token(engine):
 
 def test_streaming_never_shows_the_stop_string(engine):
     stop, expected = _stop_inside(engine)
-    stream = engine.stream("the quick brown fox", mode="kangaroo", max_new_tokens=40, stop=stop)
+    stream = engine.stream("the quick brown fox", mode="kangaroo", stop=stop, config=engine.decode_config(max_new_tokens=40))
     pieces = list(stream)
     assert "".join(pieces) == stream.result.text == expected and stop not in "".join(pieces)
     for budget in range(30, 41):  # without a stop string every piece comes out, also one held back as partial UTF-8
-        stream = engine.stream("the quick brown fox", mode="kangaroo", max_new_tokens=budget)
+        stream = engine.stream("the quick brown fox", mode="kangaroo", config=engine.decode_config(max_new_tokens=budget))
         assert "".join(stream) == stream.result.text
 
 

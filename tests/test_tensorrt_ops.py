@@ -15,11 +15,11 @@ from onnx import TensorProto, helper
 from kangaroo_trt.config import ExportConfig
 from kangaroo_trt.engines import builder
 from kangaroo_trt.engines.onnx_support import MAX_OPSET, check_onnx, problems
-from kangaroo_trt.engines.plans import BUILD_LOG, TIMING_CACHE, fresh_plan, plan_file
-from kangaroo_trt.engines.profiles import pick, profiles
+from kangaroo_trt.contract.plans import BUILD_LOG, TIMING_CACHE, fresh_plan, plan_file
+from kangaroo_trt.contract.profiles import pick, profiles
 from kangaroo_trt.errors import BackendError, EngineDirError
-from kangaroo_trt.export.build import build_engine_dir
-from kangaroo_trt.export.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
+from kangaroo_trt.build import build_engine_dir
+from kangaroo_trt.contract.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
 
 tensorrt_missing = pytest.mark.skipif(builder.tensorrt_available(), reason="TensorRT is installed here")
 

@@ -1,7 +1,7 @@
 """kangaroo-bench: Spec-Bench speedup, acceptance and CTAR of Kangaroo against plain AR, with an equality check.
 
     questions = select(load_questions(), limit=2)
-    bench = run_bench(engine, questions, BenchConfig(max_new_tokens=64))
+    bench = run_bench(engine, questions, BenchConfig(engine.decode_config(max_new_tokens=64)))
     report = build_report(bench, engine)
     write_report(report, Path("bench-report"))
 """

@@ -47,7 +47,8 @@ class TransformersBaseline:
         total = perf_counter() - start
         tokens = out[0, len(prompt_ids):].tolist()
         stop = "eos" if tokens and tokens[-1] in self.eos_ids else "max_new_tokens"
-        stats = GenerationStats(self.name, "transformers", "cpu", "fp32", 0, 0.0, len(tokens), len(prompt_ids),
-                                total, 0.0, 0.0, 0.0, AcceptanceLog())
+        stats = GenerationStats(mode=self.name, backend="transformers", device="cpu", precision="fp32", gamma=0, tau=0.0,
+                                new_tokens=len(tokens), prompt_tokens=len(prompt_ids), total_s=total, prefill_s=0.0,
+                                draft_s=0.0, verify_s=0.0, acceptance=AcceptanceLog())
         return GenerationResult(list(prompt_ids), tokens, self.tokenizer.decode(tokens, skip_special_tokens=True),
                                 stop, stats)

@@ -9,6 +9,7 @@ every question finished so far.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -23,16 +24,14 @@ WARMUP_TOKENS = 16
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What every question is decoded with (``gamma``/``tau`` None: the manifest's defaults)."""
+    """What every question is decoded with: ``decode`` (from ``engine.decode_config``) in both modes.
 
-    max_new_tokens: int = 1024
-    gamma: int | None = None
-    tau: float | None = None
+    With a temperature > 0 both modes sample (lossless speculative sampling); turn i uses seed ``decode.seed + i``
+    (seed None: 0 + i).
+    """
+
+    decode: DecodeConfig
     warmup: bool = True
-    temperature: float = 0.0  # > 0: both modes sample (lossless speculative sampling); seeds are seed + turn number
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -81,8 +80,8 @@ class BenchRunner:
 
     def __init__(self, engine: KangarooEngine, config: BenchConfig, baseline: Baseline | None = None) -> None:
         self.engine, self.config, self.baseline = engine, config, baseline
-        self.decode = engine.decode_config(config.gamma, config.tau, config.max_new_tokens, temperature=config.temperature,
-                                           top_k=config.top_k, top_p=config.top_p)  # validates the settings early
+        self.decode = config.decode
+        engine.decode_config(**dataclasses.asdict(config.decode))  # validates the settings for this engine early
         self.chat = engine.manifest.has_chat_template
         self._turn_index = 0
 
@@ -104,7 +103,7 @@ class BenchRunner:
         ids = self.prompt_ids([{"role": "user", "content": question.turns[0]}])
         if not self.fits(ids):
             ids = ids[-(self.engine.manifest.max_seq_len // 2):]
-        budget = min(WARMUP_TOKENS, self.config.max_new_tokens)
+        budget = min(WARMUP_TOKENS, self.decode.max_new_tokens)
         for mode in MODES:
             self._generate(mode, ids, budget)
         if self.baseline is not None:
@@ -133,18 +132,17 @@ class BenchRunner:
         results = {}
         for method in methods[shift:] + methods[:shift]:
             if method in MODES:
-                results[method] = self._generate(method, prompt_ids, self.config.max_new_tokens)
+                results[method] = self._generate(method, prompt_ids, self.decode.max_new_tokens)
             else:
-                results[method] = self.baseline.generate(prompt_ids, self.config.max_new_tokens)
+                results[method] = self.baseline.generate(prompt_ids, self.decode.max_new_tokens)
         sampled = not self.decode.greedy
         return TurnRun(results, Equality(SAMPLED) if sampled else compare_outputs(results["kangaroo"], results["ar"]))
 
     def _generate(self, mode: str, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
         # Both modes record margins (one top-2 per committed token), so the cost is the same on both sides.
-        d = self.decode
-        return self.engine.generate(prompt_ids=prompt_ids, mode=mode, gamma=d.gamma, tau=d.tau, max_new_tokens=max_new_tokens,
-                                    record_margins=True, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-                                    seed=self.config.seed + self._turn_index)
+        config = dataclasses.replace(self.decode, max_new_tokens=max_new_tokens,
+                                     seed=(self.decode.seed or 0) + self._turn_index)
+        return self.engine.generate(prompt_ids=prompt_ids, mode=mode, config=config, record_margins=True)
 
 
 def run_bench(engine: KangarooEngine, questions: list[Question], config: BenchConfig,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DecodeConfig
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from ..runner.backend import Backend, GraphRunner
 from ..runner.decode import Decoder
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..chat import encode_chat, messages_of
 from ..config import DecodeConfig
 from ..export.onnx_export import export_graph
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from .capture import capture
 from .prompts import CALIBRATION_PROMPTS, HELD_OUT_PROMPTS, HELD_OUT_TEXT
 from .quality import quality_report, summary

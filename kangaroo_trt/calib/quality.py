@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DecodeConfig
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from ..runner.backend import Backend
 from ..runner.decode import Decoder, Transcript, positions
 from ..runner.equality import first_difference

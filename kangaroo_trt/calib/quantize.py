@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 
 from ..errors import KangarooError
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from .capture import Sample
 
 # minmax only: onnxruntime 1.31's histogram calibrators (percentile, entropy) fail on samples of different n.

@@ -25,7 +25,7 @@ import copy
 import torch
 from torch import nn
 
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from ..model.graphs import KangarooModules
 from .capture import Sample
 

@@ -87,9 +87,9 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
         baseline = TransformersBaseline.for_engine(engine, threads)
 
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    engine.decode_config(gamma, tau, max_new_tokens, **sampling)  # a bad --gamma fails here, before the progress bar
-    config = BenchConfig(max_new_tokens=max_new_tokens, gamma=gamma, tau=tau, warmup=not no_warmup, seed=seed, **sampling)
+    decode = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed)  # a bad --gamma fails here, before the progress bar
+    config = BenchConfig(decode, warmup=not no_warmup)
     matched = [0, 0]
     with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:
 

@@ -32,7 +32,7 @@ def main() -> None:
 @user_errors
 def build(model, out, adapter, random_adapter, exit_layer, max_seq_len, precision, gamma, tau, tensorrt, force) -> None:
     """Export shallow / adapter / deep graphs, check them against PyTorch, and write OUT atomically."""
-    from ..export.build import build_engine_dir, choose_adapter
+    from ..build import build_engine_dir, choose_adapter
 
     checkpoint = choose_adapter(adapter, random_adapter, model)
     defaults = checkpoint.meta.get("decode", {})

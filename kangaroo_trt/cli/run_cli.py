@@ -44,9 +44,10 @@ def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, t
     prompt = read_stream(click.get_binary_stream("stdin"), "standard input") if prompt == "-" else check_text(prompt, "--prompt")
     stop = tuple(check_text(s, "--stop") for s in stop)
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
+    config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed)
     ids = engine.encode(prompt, chat=True, parse_special=True) if parse_special and chat else None
-    stream = engine.stream(prompt, prompt_ids=ids, chat=chat, mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens,
-                           text=not as_json, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+    stream = engine.stream(prompt, prompt_ids=ids, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
     for piece in stream:
         click.echo(piece, nl=False)
     result = stream.result

@@ -24,10 +24,10 @@ from typing import Callable
 
 from ..config import ExportConfig
 from ..errors import BackendError, ConfigError
+from ..contract.manifest import MANIFEST, GraphEntry, Manifest, PlanEntry, TensorRTRecord, sha256
+from ..contract.plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
+from ..contract.profiles import profiles
 from ..export.atomic import apply_umask, out_lock, sweep_stale, temp_dir
-from ..export.manifest import MANIFEST, GraphEntry, Manifest, PlanEntry, TensorRTRecord, sha256
-from .plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
-from .profiles import profiles
 
 INSTALL_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
 WORKSPACE_BYTES = 4 << 30

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError, EngineDirError
-from .manifest import MANIFEST, Manifest
+from ..contract.manifest import MANIFEST, Manifest
 
 TMP_TAG = "kangaroo-tmp"  # temporary directories: .<out name>.kangaroo-tmp-<pid>-<random>
 

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from .spec import GraphSpec
+from ..contract.spec import GraphSpec
 
 
 class _Scoped(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import KangarooError
-from .spec import GraphSpec
+from ..contract.spec import GraphSpec
 
 # (atol, rtol) per precision: rtol covers rounding accumulated over ~30 layers on random inputs (fp32 ~1e-4
 # relative seen on SmolLM2), and fp16 rounding of O(1)-scale activations.

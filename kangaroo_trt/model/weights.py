@@ -104,7 +104,7 @@ def weights_digest(model_dir: Path) -> str:
     directory records of its source model, so a backend that rebuilds from it can refuse other weights."""
     import hashlib
 
-    from ..export.manifest import sha256
+    from ..contract.manifest import sha256
 
     h = hashlib.sha256()
     for f in [model_dir / "config.json", *checkpoint_files(model_dir)]:

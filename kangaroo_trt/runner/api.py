@@ -1,13 +1,15 @@
 """The Python API a service embeds: open an engine directory once, then serve requests one at a time.
 
-    engine = KangarooEngine.open("engines/smollm2")
-    result = engine.generate("Why is the sky blue?", chat=True, max_new_tokens=64)
-    for piece in (stream := engine.stream("Tell me a story", chat=True)):
-        print(piece, end="", flush=True)
-    stream.result.stats.mean_accepted
-    async for piece in engine.astream("Tell me a story", chat=True):   # in an asyncio service
-        ...
+    with KangarooEngine.open("engines/smollm2") as engine:         # close() frees caches and sessions
+        config = engine.decode_config(max_new_tokens=64)          # manifest defaults + overrides, validated
+        result = engine.generate("Why is the sky blue?", chat=True, config=config)
+        for piece in (stream := engine.stream("Tell me a story", chat=True)):
+            print(piece, end="", flush=True)
+        stream.result.stats.to_dict()["mean_accepted"]
+        async for piece in engine.astream("Tell me a story", chat=True):   # in an asyncio service
+            ...
 
+Decoding settings travel as one ``DecodeConfig`` (``config=``); new decoding options are DecodeConfig fields.
 Requests are served one at a time: the engine owns one set of KV caches, and a second request while one is
 open raises at once. Use one engine per worker; close a stream you stop reading (``with`` / ``async with``).
 """
@@ -25,7 +27,7 @@ import numpy as np
 from ..chat import encode_chat, messages_of
 from ..config import DecodeConfig, check_threads
 from ..errors import ConfigError, InputError
-from ..export.manifest import Manifest
+from ..contract.manifest import Manifest
 from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, MODES, Transcript
@@ -77,6 +79,26 @@ class KangarooEngine:
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
                    precision, tokenizer)
 
+    def close(self) -> None:
+        """Free the KV caches, buffers and runtime sessions now (not at garbage collection); idempotent.
+
+        Raises if a request is still open: close its stream first."""
+        if self.backend is None:
+            return
+        if not self._lock.acquire(blocking=False):
+            raise InputError("this engine is serving a request: close its stream before closing the engine")
+        try:
+            self.backend.close()
+            self.backend = self.decoder = None
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> "KangarooEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def encode(self, prompt: str | list[dict], chat: bool, parse_special: bool = False) -> list[int]:
         """Prompt token ids. ``chat``: under the chat template, message text as text (``kangaroo_trt/chat.py``);
         ``parse_special=True`` lets special tokens typed in messages act as control tokens (pass the ids as
@@ -99,16 +121,19 @@ class KangarooEngine:
                              f"{'an empty list' if not ids else repr(bad)}: encode text with engine.encode")
         return [int(i) for i in ids]
 
-    def decode_config(self, gamma: int | None = None, tau: float | None = None, max_new_tokens: int = 128,
-                      **sampling) -> DecodeConfig:
-        """The manifest's gamma / tau unless given; ``sampling``: temperature, top_k, top_p, seed (DecodeConfig)."""
+    def decode_config(self, gamma: int | None = None, tau: float | None = None, **overrides) -> DecodeConfig:
+        """A validated ``DecodeConfig``: the manifest's gamma / tau unless given, ``overrides`` for any other field
+        (max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise)."""
         d = self.manifest.decode
-        config = DecodeConfig(gamma if gamma is not None else d.gamma, tau if tau is not None else d.tau, max_new_tokens,
-                              **sampling)
+        config = DecodeConfig(gamma=d.gamma if gamma is None else gamma, tau=d.tau if tau is None else tau, **overrides)
+        self._check(config)
+        return config
+
+    def _check(self, config: DecodeConfig) -> None:
+        """What a DecodeConfig must satisfy for these engines (beyond its own validation)."""
         if config.gamma + 1 > self.manifest.max_verify:
             raise ConfigError(f"gamma {config.gamma} exceeds what the engines were built for "
                               f"(max {self.manifest.max_verify - 1}): lower --gamma or rebuild with a larger max_verify")
-        return config
 
     def generate(self, prompt: str | list[dict] | None = None, **options) -> GenerationResult:
         """Generate to the end and return the result; takes the same arguments as ``stream``."""
@@ -118,20 +143,23 @@ class KangarooEngine:
         return stream.result
 
     def stream(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
-               mode: str = "kangaroo", gamma: int | None = None, tau: float | None = None,
-               max_new_tokens: int = 128, record_margins: bool = False, text: bool = True, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = ()) -> Stream:
+               mode: str = "kangaroo", config: DecodeConfig | None = None, stop: str | Sequence[str] = (),
+               record_margins: bool = False, text: bool = True) -> Stream:
         """Yield text pieces as tokens are committed (``text=False``: yield nothing); ``.result`` holds the result.
 
         ``prompt`` is text (chat messages with ``chat=True``; special tokens typed in them stay text, see
-        ``encode``), or pass ``prompt_ids`` (checked against the vocabulary). Greedy unless
-        ``temperature`` > 0: then lossless speculative sampling with ``top_k`` / ``top_p`` (``runner/verify.py``),
-        ``seed`` making it repeatable. ``stop``: stop strings (``runner/stops.py``). ``gamma`` / ``tau``: the
-        manifest's defaults unless given. ``record_margins`` keeps the target's top-1 minus top-2 logit per token.
+        ``encode``), or pass ``prompt_ids`` (checked against the vocabulary). ``config``: the decoding
+        settings (``engine.decode_config(...)``; None: its defaults): greedy unless its temperature > 0, then
+        lossless speculative sampling (``runner/verify.py``). ``stop``: stop strings (``runner/stops.py``).
+        ``record_margins`` keeps the target's top-1 minus top-2 logit per token.
         """
+        if self.backend is None:
+            raise InputError("this engine is closed: open the engine directory again")
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        config = self.decode_config(gamma, tau, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if config is None:
+            config = self.decode_config()
+        self._check(config)
         if prompt_ids is None:
             if prompt is None:
                 raise InputError("give a prompt or prompt_ids")
@@ -174,12 +202,13 @@ class KangarooEngine:
                 output = output[:stops.find(output)]
             if text and output.startswith(shown) and len(output) > len(shown):
                 yield output[len(shown):]  # what was held back (a UTF-8 sequence the budget cut short)
-            gamma = config.gamma if mode == "kangaroo" else 0
-            stats = GenerationStats(mode, self.backend.name, self.backend.device, self.precision, gamma, config.tau,
-                                    len(done.tokens), len(prompt_ids), total, decoder.timings["prefill"],
-                                    decoder.timings["draft"], decoder.timings["verify"], done.acceptance,
-                                    None if config.greedy else {"temperature": config.temperature, "top_k": config.top_k,
-                                                                "top_p": config.top_p, "seed": config.seed})
+            stats = GenerationStats(
+                mode=mode, backend=self.backend.name, device=self.backend.device, precision=self.precision,
+                gamma=config.gamma if mode == "kangaroo" else 0, tau=config.tau, new_tokens=len(done.tokens),
+                prompt_tokens=len(prompt_ids), total_s=total, prefill_s=decoder.timings["prefill"],
+                draft_s=decoder.timings["draft"], verify_s=decoder.timings["verify"], acceptance=done.acceptance,
+                sampling=None if config.greedy else {"temperature": config.temperature, "top_k": config.top_k,
+                                                     "top_p": config.top_p, "seed": config.seed})
             return GenerationResult(prompt_ids, done.tokens, output, done.stop, stats, done.margins if record_margins else None)
         finally:
             self._lock.release()

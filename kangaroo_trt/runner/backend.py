@@ -21,9 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..contract.manifest import Manifest
+from ..contract.spec import GraphSpec
 from ..errors import BackendError, EngineDirError, InputError
-from ..export.manifest import Manifest
-from ..export.spec import GraphSpec
 
 
 def prefix_view(buffer, shape: tuple[int, ...]):
@@ -107,6 +107,10 @@ class GraphRunner(ABC):
     def _run(self, feeds: dict[str, np.ndarray], start: int, n: int) -> dict[str, np.ndarray]:
         ...
 
+    def close(self) -> None:
+        """Drop the caches, buffers and runtime objects this runner holds (subclasses add theirs)."""
+        self.caches = {}
+
     def _views(self, buffers: dict, n: int) -> dict:
         """Each max-size token buffer (name -> buffer) as its prefix for a call with ``n`` new tokens."""
         shapes = {t.name: t.concrete(n) for t in (*self.spec.token_inputs, *self.spec.outputs)}
@@ -144,3 +148,9 @@ class Backend(ABC):
 
     def graph(self, name: str) -> GraphRunner:
         return self._runners[name]
+
+    def close(self) -> None:
+        """Free every runner's caches, buffers and sessions now (device memory included); idempotent."""
+        for runner in self._runners.values():
+            runner.close()
+        self._runners = {}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract.spec import GraphSpec
 from ..errors import BackendError, EngineDirError
-from ..export.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner, importable
 
 
@@ -87,6 +87,10 @@ class OrtGraphRunner(GraphRunner):
         self._write_rows(outputs, start, n)
         return {t.name: outputs[t.name] for t in self.spec.token_outputs}
 
+    def close(self) -> None:
+        super().close()
+        self._bound, self._session = {}, None
+
 
 class OrtCpuBackend(Backend):
     name = "onnxruntime-cpu"
@@ -138,6 +142,11 @@ class OrtCudaGraphRunner(GraphRunner):
         self._session.run_with_iobinding(self._binding)
         self._write_rows(views, start, n)  # device to device
         return {t.name: views[t.name] for t in self.spec.token_outputs}
+
+    def close(self) -> None:
+        super().close()
+        self._buffers, self._binding, self._session = {}, None, None
+        self._cp.get_default_memory_pool().free_all_blocks()  # hand the freed buffers back to the device
 
 
 class OrtCudaBackend(Backend):

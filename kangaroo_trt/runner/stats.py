@@ -65,8 +65,10 @@ class AcceptanceLog:
         return counts
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerationStats:
+    """What one generation cost and how its rounds went; constructed by keyword."""
+
     mode: str
     backend: str
     device: str

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, EngineDirError
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled, importable
 
 
@@ -84,6 +84,12 @@ class TorchGraphRunner(GraphRunner):
             else:
                 outputs = self._step(n)
         return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
+
+    def close(self) -> None:
+        super().close()
+        self._graphs, self._inputs, self.module = {}, {}, None
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()  # hand the freed tensors back to the device
 
 
 def rebuild_modules(ref: EngineRef):

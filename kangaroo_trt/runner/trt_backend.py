@@ -6,7 +6,7 @@ where TensorRT is installed.
 
 Per graph (``TrtGraphRunner``):
 
-* one execution context per optimization profile (``engines/profiles.py``: ``step`` for n <= max_verify,
+* one execution context per optimization profile (``contract/profiles.py``: ``step`` for n <= max_verify,
   ``prefill`` for prompt chunks), so no call switches profiles;
 * device buffers, allocated once: the caches ``[1, kv_heads, S_max, head_dim]``, and the token inputs,
   ``present_*`` rows and token outputs at their largest ``n``. A call with ``n`` tokens uses the contiguous
@@ -32,9 +32,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..engines.profiles import Profile, pick
+from ..contract.profiles import Profile, pick
 from ..errors import BackendError, EngineDirError
-from ..export.spec import GraphSpec
+from ..contract.spec import GraphSpec
 from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
 
 CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
@@ -106,6 +106,11 @@ class TrtGraphRunner(GraphRunner):
             self._write_rows(views, start, n)  # device to device, on this stream
         return {t.name: views[t.name] for t in self.spec.token_outputs}
 
+    def close(self) -> None:
+        self._stream.synchronize()
+        super().close()
+        self._graphs, self._contexts, self._buffers = {}, [], {}
+
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
@@ -128,7 +133,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, ref: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
         from ..engines.builder import import_tensorrt
-        from ..engines.plans import fresh_plan
+        from ..contract.plans import fresh_plan
 
         trt = import_tensorrt()
         cp = import_cupy()
@@ -152,3 +157,8 @@ class TensorRTBackend(Backend):
                 raise EngineDirError(f"TensorRT cannot load {plan}: rebuild with kangaroo-export engines --engine-dir {ref.directory}")
             self._engines[name] = engine
             self._runners[name] = TrtGraphRunner(engine, spec, available, self.stream, use_graphs)
+
+    def close(self) -> None:
+        super().close()
+        self._engines, self._runtime = {}, None
+        import_cupy().get_default_memory_pool().free_all_blocks()  # hand the freed buffers back to the device

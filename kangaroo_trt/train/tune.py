@@ -69,15 +69,18 @@ def measure(engine_dir: Path, prompts: list[list[int]], settings: list[tuple[int
     from ..runner.api import KangarooEngine
 
     engine = KangarooEngine.open(engine_dir, threads=threads)
-    engine.generate(prompt_ids=prompts[0], mode="ar", max_new_tokens=8)  # warm-up, untimed
-    engine.generate(prompt_ids=prompts[0], mode="kangaroo", max_new_tokens=8)
+    warm_up = engine.decode_config(max_new_tokens=8)
+    engine.generate(prompt_ids=prompts[0], mode="ar", config=warm_up)  # untimed
+    engine.generate(prompt_ids=prompts[0], mode="kangaroo", config=warm_up)
+    configs = {(gamma, tau): engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens)
+               for gamma, tau in settings}
     ar, results = Measurement(), {s: Measurement() for s in settings}
     for ids in tqdm(prompts, desc=f"timing {engine_dir.name}", unit="prompt"):
-        base = engine.generate(prompt_ids=ids, mode="ar", max_new_tokens=max_new_tokens)
+        base = engine.generate(prompt_ids=ids, mode="ar", config=engine.decode_config(max_new_tokens=max_new_tokens))
         ar.tokens += len(base.output_ids)
         ar.seconds += base.stats.total_s
-        for gamma, tau in settings:
-            r = engine.generate(prompt_ids=ids, mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=max_new_tokens)
+        for (gamma, tau), config in configs.items():
+            r = engine.generate(prompt_ids=ids, mode="kangaroo", config=config)
             m = results[(gamma, tau)]
             m.tokens += len(r.output_ids)
             m.seconds += r.stats.total_s
@@ -95,7 +98,7 @@ def _rows(exit_layer: int, ar: Measurement, results: dict) -> list[dict]:
 
 
 def _engine(model: str, adapter_dir: Path, engine_dir: Path, sweep: SweepConfig, log) -> Path:
-    from ..export.build import build_engine_dir
+    from ..build import build_engine_dir
 
     checkpoint = load_adapter(adapter_dir)
     export = ExportConfig(exit_layer=checkpoint.exit_layer, max_seq_len=sweep.max_seq_len,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EngineDirError
-from ..export.manifest import Manifest
+from .manifest import Manifest
 
 PLAN_DIR = "trt"
 TIMING_CACHE = f"{PLAN_DIR}/timing.cache"

@@ -15,17 +15,17 @@ from typing import Callable
 
 import torch
 
-from ..bundled import default_adapter, resolve_model
-from ..config import AdapterSpec, ExportConfig, ModelSpec
-from ..errors import ConfigError, KangarooError
-from ..model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
-                             save_adapter, weights_digest)
-from ..paths import writable_dir
-from .atomic import apply_umask, out_lock, replaceable, swap_in, sweep_stale, temp_dir
-from .manifest import GRAPHS, GraphEntry, Manifest, sha256
-from .onnx_export import export_graph
-from .spec import graph_specs
-from .validate import check_parity
+from .bundled import default_adapter, resolve_model
+from .config import AdapterSpec, ExportConfig, ModelSpec
+from .contract.manifest import GRAPHS, GraphEntry, Manifest, sha256
+from .contract.spec import graph_specs
+from .errors import ConfigError, KangarooError
+from .export.atomic import apply_umask, out_lock, replaceable, swap_in, sweep_stale, temp_dir
+from .export.onnx_export import export_graph
+from .export.validate import check_parity
+from .model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
+                            save_adapter, weights_digest)
+from .paths import writable_dir
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # exported from PyTorch; int8 is calibrated from fp32
 ADAPTER_DIR = "adapter"
@@ -63,7 +63,7 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
                      log: Callable[[str], None] = print) -> Manifest:
     out = Path(os.path.abspath(out))
     if export.tensorrt == "require":
-        from ..engines.builder import import_tensorrt
+        from .engines.builder import import_tensorrt
 
         import_tensorrt()  # fail now, not after the whole export
     replaceable(out, force)
@@ -99,7 +99,7 @@ def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoi
             graphs["int8"], info["int8"] = _int8(modules, spec, adapter, export, graphs.get("fp32"), tmp, model_dir, eos, log)
         graphs = {p: graphs[p] for p in export.precisions}  # manifest order = the order asked for
         if export.tensorrt != "off":
-            from ..engines.builder import build_plans_if_available
+            from .engines.builder import build_plans_if_available
 
             plans = build_plans_if_available(tmp, graphs, export, log, required=export.tensorrt == "require")
         else:
@@ -150,7 +150,7 @@ def _int8(modules, spec: ModelSpec, adapter: AdapterCheckpoint, export: ExportCo
     An int8 entry's ``parity`` holds its teacher-forced top-1 agreement with fp32 (see ``calib.quality``)
     instead of an error bound: INT8 is judged by that and by Kangaroo == AR on itself, both in ``info["int8"]``.
     """
-    from ..calib import build_int8
+    from .calib import build_int8
 
     scratch = tmp / ".fp32-for-int8"
     if fp32 is None:

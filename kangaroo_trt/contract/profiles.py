@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..export.spec import GraphSpec
+from .spec import GraphSpec
 
 PROFILE_NAMES = ("step", "prefill")
 

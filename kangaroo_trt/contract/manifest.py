@@ -27,8 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..config import PRECISIONS, AdapterSpec, DecodeConfig, ModelSpec, check_exit_layer
-from ..engines.profiles import Profile
 from ..errors import EngineDirError, KangarooError
+from .profiles import Profile
 from .spec import GraphSpec
 
 SCHEMA_VERSION = 2
