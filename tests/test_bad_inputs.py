@@ -109,8 +109,9 @@ ROWS: dict[str, Row] = {
     "run-engine-dir-is-a-file": Row("run", lambda p: ["--engine-dir", p["tmp"] / "f", "--prompt", "hi"], "not a directory",
                                     setup=lambda p: _user_file(p["tmp"] / "f")),
     "run-graph-outside": Row("run", lambda p: ["--engine-dir", p["tmp"] / "engine", "--prompt", "hi"], "outside",
-                             setup=lambda p: _copy_engine(p, lambda d: d["graphs"]["fp32"]["deep"].update(
-                                 file="../outside/deep.onnx"))),
+                             setup=lambda p: (shutil.copytree(p["engine"] / "onnx" / "fp32", p["tmp"] / "outside"),
+                                              _copy_engine(p, lambda d: d["graphs"]["fp32"]["deep"].update(
+                                                  file="../outside/deep.onnx")))),
     "run-no-checksums": Row("run", lambda p: ["--engine-dir", p["tmp"] / "engine", "--prompt", "hi"], "sha256",
                             setup=lambda p: _copy_engine(p, lambda d: d.update(files={}))),
     "run-manifest-str-field": Row("run", lambda p: ["--engine-dir", p["tmp"] / "engine", "--prompt", "hi"], "max_seq_len",
