@@ -140,6 +140,8 @@ ROWS: dict[str, Row] = {
     "export-out-unwritable": Row("export", lambda p: ["build", "--model", p["model"], "--random-adapter", "--out",
                                                       p["tmp"] / "locked" / "e"], "ermission", setup=_locked_parent,
                                  skip=_is_root),
+    "export-out-cannot-be-created": Row("export", lambda p: ["build", "--model", p["model"], "--random-adapter", "--out",
+                                                             "/proc/kangaroo-out/e"], "/proc/kangaroo-out"),  # even as root
     "export-tensorrt-require": Row("export", lambda p: ["build", "--model", p["model"], "--random-adapter", "--tensorrt",
                                                         "require", "--out", p["tmp"] / "e"], "TensorRT", skip=_tensorrt_present),
     # kangaroo-train / kangaroo-tune

@@ -64,8 +64,6 @@ class KangarooEngine:
     def open(cls, directory: str | Path, backend: str = "auto", precision: str | None = None,
              verify: bool = True, threads: int | None = None) -> "KangarooEngine":
         """Load an engine directory; ``verify`` checks the sha256 of the files it loads."""
-        from transformers import AutoTokenizer
-
         directory = Path(directory)
         check_threads(threads)
         manifest = Manifest.read(directory)
@@ -75,6 +73,8 @@ class KangarooEngine:
                               f"rebuild with --precision {precision}")
         if verify:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
+        from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
+
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
                    precision, tokenizer)
