@@ -27,7 +27,7 @@ import numpy as np
 from ..chat import encode_chat, messages_of
 from ..config import DecodeConfig, check_threads
 from ..errors import ConfigError, InputError
-from ..contract.manifest import Manifest
+from ..contract.manifest import Manifest, inside
 from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, MODES, Transcript
@@ -75,7 +75,7 @@ class KangarooEngine:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
         from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
 
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
                    precision, tokenizer)
 
