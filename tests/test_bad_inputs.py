@@ -237,7 +237,8 @@ def _export(model: Path, out: Path, *extra) -> subprocess.Popen:
 
 def _wait_for_temp(parent: Path, name: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     end = time.monotonic() + timeout
-    while not any(p.name.startswith(f".{name}.") and p.is_dir() for p in parent.iterdir()):
+    mine = f".{name}.kangaroo-tmp-{proc.pid}-"  # created once the export holds the lock on --out
+    while not any(p.name.startswith(mine) and p.is_dir() for p in parent.iterdir()):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < end, "the export never started writing"
         time.sleep(0.05)
@@ -285,8 +286,13 @@ def test_concurrent_exports_to_one_out(tiny_model, tmp_path):
     (stale / "deep.onnx.data").write_bytes(b"x" * 1000)
     first = _export(tiny_model(MODEL), out)
     _wait_for_temp(tmp_path, "out", first)
-    second = subprocess.run(cli_command("export", "build", "--model", str(tiny_model(MODEL)), "--random-adapter", "--out",
-                                        str(out)), capture_output=True, env=cli_env(), timeout=300)
+    first.send_signal(signal.SIGSTOP)  # paused mid-export, holding --out: the second one runs while it is
+    try:
+        second = subprocess.run(cli_command("export", "build", "--model", str(tiny_model(MODEL)), "--random-adapter",
+                                            "--max-seq-len", "64", "--out", str(out)), capture_output=True, env=cli_env(),
+                                timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert_one_line_error(second.returncode, second.stderr.decode(), 2, "another export")
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr.decode()

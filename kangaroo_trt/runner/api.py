@@ -116,9 +116,10 @@ class KangarooEngine:
         vocab = self.manifest.model.vocab_size
         ids = list(prompt_ids)
         bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab), None)
-        if not ids or bad is not None:
-            raise InputError(f"prompt_ids must be a non-empty list of token ids in [0, {vocab}), got "
-                             f"{'an empty list' if not ids else repr(bad)}: encode text with engine.encode")
+        if not ids:
+            raise InputError("prompt is empty: prompt_ids must hold at least one token id")
+        if bad is not None:
+            raise InputError(f"prompt_ids must be token ids in [0, {vocab}), got {bad!r}: encode text with engine.encode")
         return [int(i) for i in ids]
 
     def decode_config(self, gamma: int | None = None, tau: float | None = None, **overrides) -> DecodeConfig:
