@@ -7,7 +7,6 @@ builds, is in ``atomic.py``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Callable
 import torch
 
 from .bundled import default_adapter, resolve_model
-from .config import AdapterSpec, ExportConfig, ModelSpec
+from .config import AdapterSpec, DecodeConfig, ExportConfig, ModelSpec
 from .contract.manifest import GRAPHS, GraphEntry, Manifest, sha256
 from .contract.spec import graph_specs
 from .errors import ConfigError, KangarooError
@@ -26,19 +25,11 @@ from .export.validate import check_parity
 from .model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
                             save_adapter, weights_digest)
 from .paths import writable_dir
+from .runtimes import import_tensorrt, library_versions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # exported from PyTorch; int8 is calibrated from fp32
 ADAPTER_DIR = "adapter"
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("kangaroo-trt", "torch", "transformers", "onnx", "onnxruntime"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+LIBRARIES = ("kangaroo-trt", "torch", "transformers", "onnx", "onnxruntime")  # recorded in the manifest
 
 
 def choose_adapter(adapter_path: Path | None, allow_random: bool, model: str) -> AdapterCheckpoint:
@@ -58,13 +49,21 @@ def choose_adapter(adapter_path: Path | None, allow_random: bool, model: str) ->
     )
 
 
+def export_config(adapter: AdapterCheckpoint, exit_layer: int | None = None, gamma: int | None = None,
+                  tau: float | None = None, **fields) -> ExportConfig:
+    """Export settings for ``adapter``: its exit layer and tuned gamma / tau (``meta["decode"]``) unless given, and
+    ``fields`` (max_seq_len, precisions, ...); ``ExportConfig`` / ``DecodeConfig`` defaults for everything else."""
+    tuned = {k: v for k, v in adapter.meta.get("decode", {}).items() if k in ("gamma", "tau")}
+    given = {k: v for k, v in (("gamma", gamma), ("tau", tau)) if v is not None}
+    layer = exit_layer if exit_layer is not None else adapter.exit_layer
+    return ExportConfig(decode=DecodeConfig(**{**tuned, **given}), **({"exit_layer": layer} if layer else {}), **fields)
+
+
 def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoint | None = None,
                      adapter_path: Path | None = None, allow_random_adapter: bool = False, force: bool = False,
                      log: Callable[[str], None] = print) -> Manifest:
     out = Path(os.path.abspath(out))
     if export.tensorrt == "require":
-        from .engines.builder import import_tensorrt
-
         import_tensorrt()  # fail now, not after the whole export
     replaceable(out, force)
     writable_dir(out.parent, "--out")
@@ -94,7 +93,7 @@ def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoi
         graphs: dict[str, dict[str, GraphEntry]] = {}
         for precision in (p for p in export.precisions if p in DTYPES):
             graphs[precision] = _export_precision(modules, spec, adapter, export, precision, tmp, log)
-        info: dict = {"adapter": adapter.meta, "versions": _versions(), "opset": export.opset}
+        info: dict = {"adapter": adapter.meta, "versions": library_versions(LIBRARIES), "opset": export.opset}
         if "int8" in export.precisions:
             graphs["int8"], info["int8"] = _int8(modules, spec, adapter, export, graphs.get("fp32"), tmp, model_dir, eos, log)
         graphs = {p: graphs[p] for p in export.precisions}  # manifest order = the order asked for

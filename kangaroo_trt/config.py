@@ -23,7 +23,9 @@ from .errors import ConfigError
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib)
-TENSORRT_MODES = ("auto", "off", "require")  # build TensorRT plans: when importable / never / or fail
+MODES = ("kangaroo", "ar")  # decoding modes: Kangaroo, and plain autoregressive decoding (the baseline)
+TENSORRT_MODES = ("auto", "off", "require")
+MIN_MAX_VERIFY = 8  # default verify capacity of an engine (see verify_capacity)  # build TensorRT plans: when importable / never / or fail
 # Below this, logits / temperature overflow float64 (NaN probabilities); any temperature this small is already
 # the argmax for logits that differ by more than ~1e-2, so 0 (greedy) is what such a setting means.
 MIN_TEMPERATURE = 1e-4
@@ -279,12 +281,14 @@ class ExportConfig:
     max_seq_len: int = 1024
     precisions: tuple[str, ...] = ("fp32",)
     prefill_chunk: int = 128
-    max_verify: int = 8  # largest verify step (gamma + 1) the engines are profiled for
+    max_verify: int | None = None  # largest verify step the engines are profiled for [verify_capacity(decode.gamma)]
     opset: int = 17
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     tensorrt: str = "auto"  # one of TENSORRT_MODES: plans are built only where TensorRT imports
 
     def __post_init__(self) -> None:
+        if self.max_verify is None:
+            object.__setattr__(self, "max_verify", verify_capacity(self.decode.gamma))
         for p in self.precisions:
             if p not in PRECISIONS:
                 raise ConfigError(f"precision {p!r} is not supported (supported: {', '.join(PRECISIONS)})")
@@ -311,6 +315,12 @@ class ExportConfig:
                 f"max_seq_len {self.max_seq_len} exceeds the sliding window {model.sliding_window}, which the "
                 f"exported full-attention graphs do not reproduce: pass --max-seq-len {model.sliding_window} or less"
             )
+
+
+def verify_capacity(gamma: int) -> int:
+    """The verify step (tokens per deep pass) engines are profiled for by default: 8, or gamma + 1 if larger, so
+    gamma can be raised at run time up to 7 without a rebuild."""
+    return max(MIN_MAX_VERIFY, gamma + 1)
 
 
 def check_exit_layer(model: ModelSpec, exit_layer: int) -> None:

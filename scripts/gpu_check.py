@@ -7,7 +7,7 @@ then, for every backend that is available here
 (tensorrt, onnxruntime-cuda, torch-cuda, and onnxruntime-cpu as the baseline; the CUDA-graph backends with
 graphs on and off) and every precision it can run, generates each prompt with AR and with Kangaroo and
 prints tokens/s, the speedup, tokens per deep pass, and whether Kangaroo's tokens equal AR's. Exits 1 if
-any pair differs. Not run in this project yet (no GPU). On a machine without the bundled model package,
+any pair differs. Its results update the README's backend status table. On a machine without the bundled model package,
 scripts/gpu_carry.sh brings its weights along.
 """
 
@@ -55,7 +55,6 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from kangaroo_trt.config import DecodeConfig, ExportConfig
     from kangaroo_trt.build import build_engine_dir
     from kangaroo_trt.runner.api import KangarooEngine
     from kangaroo_trt.runner.backends import BACKENDS
@@ -66,13 +65,10 @@ def main() -> int:
     precisions = tuple(p for p in args.precisions.split(",") if p)
     t = time.perf_counter()
     from kangaroo_trt.bundled import default_adapter
-    from kangaroo_trt.build import choose_adapter
+    from kangaroo_trt.build import choose_adapter, export_config
 
     adapter = choose_adapter(None, default_adapter(model) is None, model)  # the shipped one where there is one
-    tuned = adapter.meta.get("decode", {})  # gamma / tau the adapter was tuned with, as kangaroo-export build uses
-    decode = DecodeConfig(tuned.get("gamma", 6), tuned.get("tau", 0.6))
-    export = ExportConfig(exit_layer=adapter.exit_layer or 2, max_seq_len=512, precisions=precisions, decode=decode,
-                          max_verify=max(8, decode.gamma + 1))
+    export = export_config(adapter, max_seq_len=512, precisions=precisions)  # as kangaroo-export build chooses
     build_engine_dir(model, engine_dir, export, adapter=adapter, force=True, log=lambda line: print("  " + line))
     print(f"built {engine_dir} in {time.perf_counter() - t:.0f} s")
 
@@ -102,6 +98,7 @@ def main() -> int:
                 same &= ar.output_ids == k.output_ids
                 ar_s, ar_n = ar_s + ar.stats.total_s, ar_n + ar.stats.new_tokens
                 k_s, k_n, passes = k_s + k.stats.total_s, k_n + k.stats.new_tokens, passes + k.stats.acceptance.rounds
+            engine.close()  # free this backend's device memory before the next one opens
             failures += not same
             ar_tps, k_tps = ar_n / ar_s, k_n / k_s
             rows.append((label, precision, "ok" if same else "MISMATCH", f"{ar_tps:.1f}", f"{k_tps:.1f}",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check: the GPU-marked tests, then a short Kangaroo-vs-AR benchmark of the CUDA backends present.
+# GPU check: the GPU-marked tests, a short Kangaroo-vs-AR benchmark of the CUDA backends present, and (with
+# TensorRT) Polygraphy's graph-by-graph comparison of the TensorRT plans with ONNX Runtime.
 # For a machine with an NVIDIA GPU and a CUDA build of torch (plus transformers, onnx, onnxruntime, cupy,
-# cuda-python; TensorRT optional; no internet needed). Target: under 8 minutes. Not run in this project yet.
+# cuda-python; TensorRT and polygraphy optional; no internet needed). Target: under 8 minutes. Its results update
+# the README's backend status table.
 #
 #   scripts/gpu_check.sh [--model smollm2-135m] [--precisions fp32,fp16] [--max-new-tokens 64]
 set -euo pipefail
@@ -20,4 +22,9 @@ PYEOF
 echo "== GPU-marked tests"
 timeout 300 "$PY" -m pytest -q -m gpu tests/test_backends.py
 echo "== benchmark"
-timeout 240 "$PY" scripts/gpu_check.py "$@"
+WORK="$(mktemp -d -t kangaroo-gpu-check.XXXXXX)"
+timeout 240 "$PY" scripts/gpu_check.py --out "$WORK" "$@"
+if "$PY" -c "import tensorrt, polygraphy" 2>/dev/null; then
+  echo "== TensorRT vs ONNX Runtime, graph by graph (Polygraphy)"
+  timeout 120 "$PY" scripts/trt_compare.py "$WORK/engine"
+fi

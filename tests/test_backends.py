@@ -89,7 +89,7 @@ def test_torch_and_onnxruntime_graphs_agree_call_by_call(engine_dir):
 
 def test_onnxruntime_sessions_do_not_spin(engine_dir):
     """Three sessions run in turn: an idle pool must sleep, not spin on the cores the next graph needs."""
-    from kangaroo_trt.runner.ort_backend import ort_session
+    from kangaroo_trt.runtimes import ort_session
 
     path = _graphs(engine_dir, "fp32").graphs()["shallow"][0]
     assert ort_session(path, threads=2).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -132,9 +132,16 @@ def test_corrupt_or_foreign_engine_dirs_are_refused(tiny_model, tmp_path):
     with pytest.raises(EngineDirError, match="schema version 0"):
         KangarooEngine.open(old)
 
+    # schemas 1 and 2 wrote each graph's "parity" as "parity_max_abs_error": still read
+    old_graphs = {p: {g: {("parity_max_abs_error" if k == "parity" else k): v for k, v in e.items()} for g, e in gs.items()}
+                  for p, gs in d["graphs"].items()}
+    (old / "manifest.json").write_text(json.dumps({**d, "schema_version": 2, "graphs": old_graphs}))
+    assert Manifest.read(old) == Manifest.read(out)
+
     # schema 1 (kangaroo-trt before typed backend fields) kept source_model / adapter_dir in "info": still read
     v1 = {k: v for k, v in d.items() if k not in ("source_model", "adapter_dir", "tensorrt")}
-    v1.update(schema_version=1, info={**d["info"], "source_model": d["source_model"], "adapter_dir": d["adapter_dir"]})
+    v1.update(schema_version=1, graphs=old_graphs,
+              info={**d["info"], "source_model": d["source_model"], "adapter_dir": d["adapter_dir"]})
     (old / "manifest.json").write_text(json.dumps(v1))
     lifted = Manifest.read(old)
     assert lifted == Manifest.read(out) and lifted.tensorrt is None

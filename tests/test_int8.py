@@ -119,7 +119,7 @@ def test_int8_deep_rows_do_not_depend_on_n(int8_engine):
     must give the same row either way, up to fp32 rounding (W8A8 or ORT's int8-activation MatMulNBits did not)."""
     from kangaroo_trt.runner.backend import EngineRef
     from kangaroo_trt.runner.backends import open_backend
-    from kangaroo_trt.runner.ort_backend import ort_session
+    from kangaroo_trt.runtimes import ort_session
 
     out, _ = int8_engine
     manifest = Manifest.read(out)

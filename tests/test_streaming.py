@@ -71,5 +71,9 @@ def test_close_frees_the_caches_and_refuses_later_requests(tiny_engine):
     engine.close()  # idempotent
     with pytest.raises(InputError, match="engine is closed"):
         engine.generate(PROMPT)
+    with KangarooEngine.open(directory, threads=1) as engine:
+        pending = engine.stream(PROMPT)  # created, not started: it holds nothing yet
+    with pytest.raises(InputError, match="engine is closed"):
+        list(pending)
     with KangarooEngine.open(directory, threads=1) as again:  # a fresh open serves the same tokens
         assert again.generate(PROMPT, config=again.decode_config(max_new_tokens=6)).output_ids == expected

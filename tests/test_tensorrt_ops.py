@@ -12,16 +12,17 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from kangaroo_trt.build import build_engine_dir
 from kangaroo_trt.config import ExportConfig
-from kangaroo_trt.engines import builder
-from kangaroo_trt.engines.onnx_support import MAX_OPSET, check_onnx, problems
+from kangaroo_trt.contract.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
 from kangaroo_trt.contract.plans import BUILD_LOG, TIMING_CACHE, fresh_plan, plan_file
 from kangaroo_trt.contract.profiles import pick, profiles
+from kangaroo_trt.engines import builder
+from kangaroo_trt.engines.onnx_support import MAX_OPSET, check_onnx, problems
 from kangaroo_trt.errors import BackendError, EngineDirError
-from kangaroo_trt.build import build_engine_dir
-from kangaroo_trt.contract.manifest import GRAPHS, Manifest, PlanEntry, TensorRTRecord, sha256
+from kangaroo_trt.runtimes import TENSORRT_HINT, tensorrt_available
 
-tensorrt_missing = pytest.mark.skipif(builder.tensorrt_available(), reason="TensorRT is installed here")
+tensorrt_missing = pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +78,31 @@ def test_profile_shapes_come_from_the_graph_spec(engine):
     assert shapes[cache.past_key] == (cache.shape,) * 3  # static: one shape
 
 
+def test_polygraphy_plan_loader_has_our_profiles_pools_and_cache(engine, tmp_path):
+    """The loader chain the plan builder hands to Polygraphy (built without TensorRT; running it needs TensorRT)."""
+    out, _ = engine
+    manifest = Manifest.read(out)
+    entry = manifest.graphs["fp16"]["deep"]
+    export = builder.manifest_export(manifest)
+    cache = tmp_path / "timing.cache"
+    loader = builder.plan_loader(out / entry.file, entry.spec, export, cache, {"workspace": 123}, strongly_typed=True)
+    config = loader._config
+    expected = [p.shapes(entry.spec) for p in profiles(manifest.max_verify, manifest.prefill_chunk)]
+    assert [{name: tuple(map(tuple, shapes)) for name, shapes in profile.items()} for profile in config.profiles] == expected
+    assert config.memory_pool_limits == {"workspace": 123}
+    assert config.timing_cache_path is None and loader.timing_cache_path == str(cache)  # no cache yet: start empty
+    assert loader._network.path == str(out / entry.file) and loader._network.strongly_typed
+    cache.write_bytes(b"cache")
+    again = builder.plan_loader(out / entry.file, entry.spec, export, cache, {}, strongly_typed=False)
+    assert again._config.timing_cache_path == str(cache) and not again._network.strongly_typed
+
+
 @tensorrt_missing
 def test_build_without_tensorrt_says_what_to_install(engine, tiny_model, tmp_path):
     _, logs = engine
     notes = [line for line in logs if "TensorRT is not installed" in line]
-    assert len(notes) == 1 and notes[0].startswith(f"note: {builder.INSTALL_HINT}")
-    assert "\n" not in builder.INSTALL_HINT and "pip install" in builder.INSTALL_HINT
+    assert len(notes) == 1 and notes[0].startswith(f"note: {TENSORRT_HINT}")
+    assert "\n" not in TENSORRT_HINT and "pip install" in TENSORRT_HINT
     with pytest.raises(BackendError, match="pip install"):
         build_engine_dir(str(tiny_model("mistral-gqa")), tmp_path / "e", ExportConfig(max_seq_len=32, tensorrt="require"),
                          allow_random_adapter=True, log=lambda _: None)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 from pathlib import Path
+
+from ..runtimes import library_versions
 
 DISTRIBUTIONS = ("kangaroo-trt", "onnxruntime", "torch", "transformers", "numpy")
 
@@ -20,16 +21,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict[str, str]:
-    out = {}
-    for dist in DISTRIBUTIONS:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
 def environment() -> dict:
     """A JSON-ready description of this machine and its software."""
     return {
@@ -38,5 +29,5 @@ def environment() -> dict:
         "machine": platform.machine(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions(),
+        "versions": library_versions(DISTRIBUTIONS),
     }

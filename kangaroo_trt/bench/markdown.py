@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..markdown import markdown_table
+
 
 def _num(value, fmt: str = "{:.2f}", missing: str = "n/a") -> str:
     return missing if value is None else fmt.format(value)
@@ -83,11 +85,6 @@ def equality_line(report: dict[str, Any]) -> str:
             f"{len(eq['mismatches'])} mismatches")
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
-           ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     e, env, st, o = report["engine"], report["environment"], report["settings"], report["overall"]
     gamma = st["gamma"]
@@ -112,8 +109,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     if report["progress"]["interrupted"]:
         lines += [f"Interrupted (Ctrl-C): {report['progress']['finished']} of {report['progress']['selected']} "
                   "selected questions ran; the numbers cover those only.", ""]
-    lines += _md_table(table_header(report), table_rows(report)) + [""]
-    lines += ["## Setting", ""] + _md_table(["", ""], [
+    lines += markdown_table(table_header(report), table_rows(report)) + [""]
+    lines += ["## Setting", ""] + markdown_table(["", ""], [
         ["engine", f"`{e['directory']}`: exit layer {e['exit_layer']}, cache {e['max_seq_len']} positions"],
         ["adapter", adapter_summary(e["adapter"]) +
          (f" (adapter.safetensors sha256 `{e['adapter_sha256'][:16]}`)" if e.get("adapter_sha256") else "")],
@@ -146,7 +143,7 @@ def _acceptance_section(report, plots) -> list[str]:
     rows = [[name] + [_num(v) for v in s["ctar"]] for name, s in list(report["by_task"].items()) + [("overall", o)]]
     lines = ["## Acceptance", "", "CTAR(w): over all rounds and windows of w consecutive drafts, the fraction of "
              "windows whose drafts were all accepted.", ""]
-    lines += _md_table(["task"] + [f"w={w}" for w in ws], rows) + [""] + _image(plots, "ctar", "CTAR curve")
+    lines += markdown_table(["task"] + [f"w={w}" for w in ws], rows) + [""] + _image(plots, "ctar", "CTAR curve")
     lines += ["Accepted drafts per round (0..gamma): " + ", ".join(map(str, o["accepted_histogram"])) +
               f" over {o['rounds']} rounds.", ""] + _image(plots, "accepted_histogram", "accepted lengths")
     lines += ["Acceptance by draft position (of the rounds that proposed draft i): " +
@@ -165,7 +162,7 @@ def _time_section(report, plots) -> list[str]:
                      per_token("verify_s"), per_token("other_s")])
     lines = ["## Where the time goes", "", "Milliseconds per generated token (verify = deep passes; for AR every "
              "step is a shallow + deep pass and is counted as verify).", ""]
-    return lines + _md_table(["mode", "total s", "prefill", "draft", "verify", "other"], rows) + [""] + \
+    return lines + markdown_table(["mode", "total s", "prefill", "draft", "verify", "other"], rows) + [""] + \
         _image(plots, "time_split", "time split")
 
 
@@ -180,7 +177,7 @@ def _equality_section(report) -> list[str]:
              f"position is below {report['settings']['near_tie_margin']:g} (a floating-point near-tie).", ""]
     for kind, cases in (("Near-ties", eq["near_ties"]), ("Mismatches (failures)", eq["mismatches"])):
         if cases:
-            lines += [f"{kind}:", ""] + _md_table(
+            lines += [f"{kind}:", ""] + markdown_table(
                 ["question", "task", "turn", "position", "margin", "kangaroo token", "AR token"],
                 [[str(c["question_id"]), c["task"], str(c["turn"]), str(c["position"]),
                   _num(c["margin"], "{:.3g}"), str(c["kangaroo_token"]), str(c["ar_token"])] for c in cases]) + [""]

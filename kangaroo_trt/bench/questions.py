@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from ..bundled import default_questions_path
 from ..errors import InputError
 from ..textio import jsonl_lines, read_text
 
@@ -34,10 +34,6 @@ class Question:
         """The Spec-Bench task this question is reported under."""
         return "mt_bench" if self.category in MT_BENCH_CATEGORIES else self.category
 
-
-def default_questions_path() -> Path:
-    """The 480 Spec-Bench questions shipped with the package (Apache-2.0, see SOURCE.md beside it)."""
-    return Path(str(resources.files("kangaroo_trt") / "data" / "spec_bench" / "question.jsonl"))
 
 
 def load_questions(path: str | Path | None = None) -> list[Question]:

@@ -13,12 +13,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ..config import DecodeConfig
+from ..config import MODES, DecodeConfig
 from ..runner.api import GenerationResult, KangarooEngine
 from ..runner.equality import SAMPLED, Equality, compare_outputs
 from .questions import Question
 
-MODES = ("kangaroo", "ar")
 WARMUP_TOKENS = 16
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DecodeConfig
+from ..contract.manifest import GRAPHS
 from ..contract.spec import GraphSpec
-from ..runner.backend import Backend, GraphRunner
+from ..runner.backend import Backend, GraphRunner, cache_buffers
 from ..runner.decode import Decoder
 
 
@@ -35,13 +36,10 @@ class Sample:
         return next(iter(self.tokens.values())).shape[1]
 
     def feeds(self, spec: GraphSpec) -> dict[str, np.ndarray]:
-        out = dict(self.tokens)
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                buf = np.zeros(c.shape, dtype=c.dtype)
-                buf[:, :, :self.start] = self.prefixes[name]
-                out[name] = buf
-        return out
+        caches = cache_buffers(spec, np.zeros)
+        for name, buffer in caches.items():
+            buffer[:, :, :self.start] = self.prefixes[name]
+        return {**self.tokens, **caches}
 
 
 class RecordingRunner(GraphRunner):
@@ -49,8 +47,12 @@ class RecordingRunner(GraphRunner):
 
     def __init__(self, inner: GraphRunner) -> None:
         super().__init__(inner.spec)
-        self.inner = inner
+        self.inner, self.caches = inner, inner.caches
         self.samples: list[Sample] = []
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
 
     def _run(self, feeds, start, n):
         prefixes = {name: buf[:, :, :start].copy() for name, buf in self.inner.caches.items()}
@@ -59,18 +61,17 @@ class RecordingRunner(GraphRunner):
 
 
 class _RecordingBackend(Backend):
+    """``inner``'s runners wrapped in ``RecordingRunner``s (closing it closes ``inner``'s)."""
+
     name = "recording"
     device = "cpu"
 
     def __init__(self, inner: Backend) -> None:
-        self.runners = {g: RecordingRunner(inner.graph(g)) for g in ("shallow", "adapter", "deep")}
+        self._runners = {g: RecordingRunner(inner.graph(g)) for g in GRAPHS}
 
     @classmethod
     def available(cls) -> bool:
         return True
-
-    def graph(self, name: str) -> GraphRunner:
-        return self.runners[name]
 
 
 def capture(graphs: dict[str, tuple[Path, GraphSpec]], prompts: list[list[int]], eos_ids: tuple[int, ...],
@@ -95,10 +96,12 @@ def capture(graphs: dict[str, tuple[Path, GraphSpec]], prompts: list[list[int]],
             pass
     rng = np.random.default_rng(seed)
     out = {}
-    for name, runner in backend.runners.items():
+    for name in GRAPHS:
+        runner = backend.graph(name)
         multi = [s for s in runner.samples if s.n > 1]
         single = [s for s in runner.samples if s.n == 1]
         room = max(0, max_samples - len(multi))
         picked = [single[i] for i in sorted(rng.choice(len(single), min(room, len(single)), replace=False))]
         out[name] = (multi + picked)[:max(max_samples, 1)]
+    backend.close()
     return out

@@ -106,8 +106,12 @@ def quality_report(fp32: Graphs, int8: Graphs, text_ids: list[int], prompts: lis
     text_ids = text_ids[:max_seq_len]
     prompts = [p[: max_seq_len - config.max_new_tokens - 1] for p in prompts]
     backends = {"fp32": OrtCpuBackend(fp32, threads), "int8": OrtCpuBackend(int8, threads)}
-    report = {"agreement": agreement(backends["fp32"], backends["int8"], text_ids, prefill_chunk)}
-    report.update(decoding(backends, prompts, eos_ids, prefill_chunk, config))
+    try:
+        report = {"agreement": agreement(backends["fp32"], backends["int8"], text_ids, prefill_chunk)}
+        report.update(decoding(backends, prompts, eos_ids, prefill_chunk, config))
+    finally:
+        for backend in backends.values():
+            backend.close()
     report["threads"] = threads
     return report
 

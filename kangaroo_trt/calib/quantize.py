@@ -10,9 +10,8 @@
 Which graph gets which (``calib/int8.py``) follows from the lossless rule. A static activation scale turns
 a last-bit difference into a whole quantization step, and steps cascade through the layers. The deep graph
 computes a position inside a verify pass (n > 1, attending to the other new rows in-graph) in a different
-float order than the same position in plain AR decoding (n = 1, from the cache); with W8A8 that grew to
-0.13 in layer 9's keys and changed Kangaroo's output vs AR on 3 of 3 held-out prompts (SmolLM2-135M). So
-the deep graph is weight-only (its numerics stay those of fp32: near-ties only), while the shallow graph
+float order than the same position in plain AR decoding (n = 1, from the cache); with W8A8 that difference
+grew into different tokens (bench/results/README.md, "INT8 design measurements"). So the deep graph is weight-only (its numerics stay those of fp32: near-ties only), while the shallow graph
 (always n = 1 after the prompt, identical in both modes) and the adapter (drafts only; verified anyway)
 are W8A8.
 
@@ -26,10 +25,9 @@ What is quantized, and how:
 * only the linear projections: ``MatMul`` nodes whose B input is a weight initializer (q/k/v/o, gate/up).
   Attention's activation x activation MatMuls (scores, probs @ V), the norms, rotary, softmax and the
   argmax heads stay fp32;
-* kept fp32 by default (``KEEP_FP32``), as measured: the LM head (the paper's and TensorRT-LLM's advice), and
-  ``down_proj``, whose input SiLU(gate) * up has outlier channels that one per-tensor scale cannot cover.
-  SmolLM2-135M, deep graph, teacher-forced top-1 agreement with fp32 on the held-out text (262 tokens):
-  every projection int8 0.427; all but down_proj 0.813; all but down_proj and o_proj 0.813;
+* kept fp32 by default (``KEEP_FP32``), as measured (bench/results/README.md, "INT8 design measurements"): the
+  LM head (the paper's and TensorRT-LLM's advice), and ``down_proj``, whose input SiLU(gate) * up has outlier
+  channels that one per-tensor scale cannot cover;
 * weights: int8, symmetric, per output channel (axis 1 of the [in, out] MatMul weight);
 * activations: int8, symmetric (zero point 0, as TensorRT requires), one scale per tensor from the min/max
   seen over the captured samples.
@@ -45,6 +43,7 @@ import onnx
 
 from ..errors import KangarooError
 from ..contract.spec import GraphSpec
+from ..export.onnx_export import save_onnx
 from .capture import Sample
 
 # minmax only: onnxruntime 1.31's histogram calibrators (percentile, entropy) fail on samples of different n.
@@ -118,9 +117,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, samples: li
         for f in out_path.parent.glob("augmented_model*"):  # the calibrator's scratch model, if left behind
             f.unlink()
     quantized.graph.name = spec.name
-    onnx.save_model(quantized, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + ".data", size_threshold=1024)
-    onnx.checker.check_model(str(out_path))
+    save_onnx(quantized, out_path)
     _check_symmetric(onnx.load(str(out_path)), spec.name)
     return nodes
 
@@ -177,8 +174,6 @@ def weight_only_graph(fp32_path: Path, out_path: Path, spec: GraphSpec, keep_fp3
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     model.graph.name = spec.name
-    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + ".data", size_threshold=1024)
-    onnx.checker.check_model(str(out_path))
+    save_onnx(model, out_path)
     _check_symmetric(onnx.load(str(out_path)), spec.name)
     return sorted(nodes)

@@ -13,9 +13,8 @@ fed by a scalable producer, ``x_j / s_j`` and ``W[:, j] * s_j`` give the same ``
 The rewritten modules compute the same function (up to fp32 rounding); only the INT8 export uses them.
 ``max|x_j|`` comes from running the modules on the captured calibration samples.
 
-Measured (SmolLM2-135M, deep graph as W8A8 with down_proj and the LM head fp32, teacher-forced top-1
-agreement with fp32 on the held-out text): no smoothing 0.813; alpha 0.3: 0.844; 0.5: 0.870; 0.75: 0.782.
-Smoothing down_proj's input as well and quantizing it: 0.42, so it stays fp32 in W8A8 graphs.
+``ALPHA`` and leaving down_proj's input unsmoothed (it stays fp32 in W8A8 graphs) were chosen by measurement:
+bench/results/README.md, "INT8 design measurements".
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..config import DecodeConfig
 from .common import quiet_libraries, user_errors
 
 QUICK = "--limit 2 --max-new-tokens 64"  # every category, a few minutes on 2 CPU cores
@@ -49,10 +50,10 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Per turn (Spec-Bench: 1024).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
-@click.option("--temperature", type=float, default=0.0, show_default=True,
+@click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy, with the equality check. Above 0: both modes sample (no token-for-token check).")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sampling: the k most likely tokens (0: all).")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Sampling: the top-p probability mass.")
+@click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sampling: the k most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=DecodeConfig.top_p, show_default=True, help="Sampling: the top-p probability mass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling: turn i uses seed + i in both modes.")
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")

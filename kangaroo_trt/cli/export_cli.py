@@ -21,31 +21,27 @@ def main() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Engine directory to write.")
 @click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory (kangaroo-trt or official format) [bundled models: the shipped one].")
 @click.option("--random-adapter", is_flag=True, help="Use a random adapter: exact output, no speed-up.")
-@click.option("--exit-layer", type=int, help="Shallow layers before the early exit [default: the adapter's, else 2].")
-@click.option("--max-seq-len", type=int, default=1024, show_default=True, help="KV-cache positions (prompt + output).")
-@click.option("--precision", default="fp32", show_default=True, help=f"Comma-separated: {', '.join(PRECISIONS)}.")
-@click.option("--gamma", type=int, default=None, help="Default max drafts per round recorded in the manifest [6].")
-@click.option("--tau", type=float, default=None, help="Default early-exit confidence threshold [0.6].")
-@click.option("--tensorrt", type=click.Choice(TENSORRT_MODES), default="auto", show_default=True,
+@click.option("--exit-layer", type=int,
+              help=f"Shallow layers before the early exit [default: the adapter's, else {ExportConfig.exit_layer}].")
+@click.option("--max-seq-len", type=int, default=ExportConfig.max_seq_len, show_default=True,
+              help="KV-cache positions (prompt + output).")
+@click.option("--precision", default=",".join(ExportConfig.precisions), show_default=True,
+              help=f"Comma-separated: {', '.join(PRECISIONS)}.")
+@click.option("--gamma", type=int, default=None,
+              help=f"Default max drafts per round recorded in the manifest [the adapter's, else {DecodeConfig.gamma}].")
+@click.option("--tau", type=float, default=None,
+              help=f"Default early-exit confidence threshold [the adapter's, else {DecodeConfig.tau}].")
+@click.option("--tensorrt", type=click.Choice(TENSORRT_MODES), default=ExportConfig.tensorrt, show_default=True,
               help="Build TensorRT plans: where TensorRT imports (auto), never (off), or fail without it (require).")
 @click.option("--force", is_flag=True, help="Replace an existing engine directory.")
 @user_errors
 def build(model, out, adapter, random_adapter, exit_layer, max_seq_len, precision, gamma, tau, tensorrt, force) -> None:
     """Export shallow / adapter / deep graphs, check them against PyTorch, and write OUT atomically."""
-    from ..build import build_engine_dir, choose_adapter
+    from ..build import build_engine_dir, choose_adapter, export_config
 
     checkpoint = choose_adapter(adapter, random_adapter, model)
-    defaults = checkpoint.meta.get("decode", {})
-    decode = DecodeConfig(gamma if gamma is not None else defaults.get("gamma", 6),
-                          tau if tau is not None else defaults.get("tau", 0.6))
-    export = ExportConfig(
-        exit_layer=exit_layer if exit_layer is not None else (checkpoint.exit_layer or 2),
-        max_seq_len=max_seq_len,
-        precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
-        max_verify=max(8, decode.gamma + 1),
-        decode=decode,
-        tensorrt=tensorrt,
-    )
+    export = export_config(checkpoint, exit_layer=exit_layer, gamma=gamma, tau=tau, max_seq_len=max_seq_len,
+                           precisions=tuple(p.strip() for p in precision.split(",") if p.strip()), tensorrt=tensorrt)
     build_engine_dir(model, out, export, adapter=checkpoint, force=force, log=click.echo)
 
 

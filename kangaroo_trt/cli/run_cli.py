@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..config import MODES, DecodeConfig
 from .common import quiet_libraries, user_errors
 
 
@@ -16,15 +17,15 @@ from .common import quiet_libraries, user_errors
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template (special tokens typed in it stay text).")
 @click.option("--parse-special-tokens", "parse_special", is_flag=True,
               help="With --chat: let special tokens typed in the prompt act as control tokens (trusted input only).")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
-@click.option("--mode", type=click.Choice(["kangaroo", "ar"]), default="kangaroo", show_default=True,
+@click.option("--max-new-tokens", type=int, default=DecodeConfig.max_new_tokens, show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True,
               help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
-@click.option("--temperature", type=float, default=0.0, show_default=True,
+@click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy (equal to plain greedy decoding). Above 0: sample, losslessly (same distribution as plain sampling).")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Sample within the top-p probability mass.")
+@click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sample among the k most likely tokens (0: all).")
+@click.option("--top-p", type=float, default=DecodeConfig.top_p, show_default=True, help="Sample within the top-p probability mass.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling (repeatable output per mode).")
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable); the output ends just before it.")
 @click.option("--backend", default="auto", show_default=True,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..train.cache import FeatureSettings
+from ..train.trainer import INITS, TrainConfig
 from .common import quiet_libraries, user_errors
 
 
@@ -26,16 +28,18 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-_TRAINING_OPTIONS = (
-    click.option("--self-distill/--no-self-distill", default=True, show_default=True,
+_TRAINING_OPTIONS = (  # defaults: the dataclasses' (FeatureSettings: the teacher pass, TrainConfig: training)
+    click.option("--self-distill/--no-self-distill", default=FeatureSettings.self_distill, show_default=True,
                  help="Generate the responses greedily with the target itself (else train on the data's responses)."),
-    click.option("--max-examples", type=int, default=512, show_default=True),
-    click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts are left out."),
-    click.option("--top-k", type=int, default=32, show_default=True, help="Teacher probabilities kept per position."),
-    click.option("--lr", type=float, default=2e-2, show_default=True),
-    click.option("--sequences-per-step", type=int, default=8, show_default=True),
-    click.option("--heldout-fraction", type=float, default=0.05, show_default=True),
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--max-examples", type=int, default=FeatureSettings.max_examples, show_default=True),
+    click.option("--max-prompt-tokens", type=int, default=FeatureSettings.max_prompt_tokens, show_default=True,
+                 help="Longer prompts are left out."),
+    click.option("--top-k", type=int, default=FeatureSettings.top_k, show_default=True,
+                 help="Teacher probabilities kept per position."),
+    click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
+    click.option("--sequences-per-step", type=int, default=TrainConfig.sequences_per_step, show_default=True),
+    click.option("--heldout-fraction", type=float, default=TrainConfig.heldout_fraction, show_default=True),
+    click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
     click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
                  help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions]."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
@@ -57,10 +61,12 @@ def training_options(command):
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="JSONL (ShareGPT conversations, messages, prompt[/response] or text lines) or a ShareGPT JSON dump.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Adapter directory to write.")
-@click.option("--exit-layer", type=int, default=2, show_default=True, help="Shallow layers before the early exit.")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Response length cap.")
-@click.option("--epochs", type=int, default=4, show_default=True)
-@click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
+@click.option("--exit-layer", type=int, default=TrainConfig.exit_layer, show_default=True,
+              help="Shallow layers before the early exit.")
+@click.option("--max-new-tokens", type=int, default=FeatureSettings.max_new_tokens, show_default=True,
+              help="Response length cap.")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--init", type=click.Choice(INITS), default=TrainConfig.init, show_default=True,
               help="copy: start from the target's layer-EXIT_LAYER attention and final norm.")
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed records instead of stopping at the first.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
@@ -78,7 +84,6 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
     quiet_libraries()
     from ..config import DecodeConfig
     from ..errors import InputError
-    from ..train.cache import FeatureSettings
 
     if (gamma is None) != (tau is None):
         raise InputError("give --gamma and --tau together (the decoding defaults written into the adapter), or neither")
@@ -86,11 +91,11 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
     if decode:
         DecodeConfig(**decode)  # a bad value fails now, not after training
     from ..train.pipeline import DataSource, default_exclude, train_adapter
-    from ..train.trainer import TrainConfig
 
     set_threads(threads)
     source = DataSource(data, tuple(exclude) or default_exclude(), skip_bad_lines)
-    settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
+    settings = FeatureSettings(self_distill=self_distill, max_examples=max_examples, max_prompt_tokens=max_prompt_tokens,
+                               max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, init=init, seed=seed)
     train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), decode=decode,

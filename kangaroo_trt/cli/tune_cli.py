@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from ..train.cache import FeatureSettings
+from ..train.trainer import TrainConfig
+from ..train.tune import SweepConfig
 from .common import quiet_libraries, user_errors
 from .train_cli import pick_device, set_threads, training_options
 
@@ -20,6 +23,10 @@ def _numbers(text: str, kind: type, option: str) -> tuple:
         raise InputError(f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
+def _joined(values: tuple) -> str:
+    return ",".join(map(str, values))
+
+
 @click.command()
 @click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
@@ -27,14 +34,16 @@ def _numbers(text: str, kind: type, option: str) -> tuple:
 @click.option("--adapter", "out", required=True, type=click.Path(path_type=Path),
               help="Adapter directory: written (with --exit-layers) or tuned in place.")
 @click.option("--exit-layers", default="", help="Candidate exit layers, e.g. 2,4,6 (each trained briefly) [keep the adapter's].")
-@click.option("--candidate-epochs", type=int, default=1, show_default=True, help="Training epochs per candidate exit layer.")
-@click.option("--gammas", default="1,2,3,5,7", show_default=True)
-@click.option("--taus", default="0.4,0.6,0.8", show_default=True)
-@click.option("--prompts", type=int, default=6, show_default=True, help="Validation prompts (held-out).")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
-@click.option("--runtime-threads", type=int, default=1, show_default=True, help="ONNX Runtime threads for both modes.")
+@click.option("--candidate-epochs", type=int, default=SweepConfig.candidate_epochs, show_default=True,
+              help="Training epochs per candidate exit layer.")
+@click.option("--gammas", default=_joined(SweepConfig.gammas), show_default=True)
+@click.option("--taus", default=_joined(SweepConfig.taus), show_default=True)
+@click.option("--prompts", type=int, default=SweepConfig.prompts, show_default=True, help="Validation prompts (held-out).")
+@click.option("--max-new-tokens", type=int, default=SweepConfig.max_new_tokens, show_default=True)
+@click.option("--runtime-threads", type=int, default=SweepConfig.threads, show_default=True,
+              help="ONNX Runtime threads for both modes.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Candidate adapters and engines [a temporary directory].")
-@click.option("--epochs", type=int, default=4, show_default=True, help="Epochs for the chosen exit layer.")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True, help="Epochs for the chosen exit layer.")
 @training_options
 @user_errors
 def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts, max_new_tokens, runtime_threads,
@@ -42,18 +51,18 @@ def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts,
          heldout_fraction, seed, exclude, device, threads, draft_vocab) -> None:
     """Sweep exit layers (optional) and gamma x tau; print the table and write the winner into the adapter."""
     quiet_libraries()
-    from ..train.cache import FeatureSettings
     from ..train.pipeline import DataSource, default_exclude
-    from ..train.trainer import TrainConfig
-    from ..train.tune import SweepConfig, tune
+    from ..train.tune import tune
 
     set_threads(threads)
     source = DataSource(data, tuple(exclude) or default_exclude())
-    settings = FeatureSettings(self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, seed)
+    settings = FeatureSettings(self_distill=self_distill, max_examples=max_examples, max_prompt_tokens=max_prompt_tokens,
+                               max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, seed=seed)
-    sweep = SweepConfig(_numbers(exit_layers, int, "--exit-layers"), candidate_epochs, _numbers(gammas, int, "--gammas"),
-                        _numbers(taus, float, "--taus"), prompts, max_new_tokens, threads=runtime_threads)
+    sweep = SweepConfig(exit_layers=_numbers(exit_layers, int, "--exit-layers"), candidate_epochs=candidate_epochs,
+                        gammas=_numbers(gammas, int, "--gammas"), taus=_numbers(taus, float, "--taus"), prompts=prompts,
+                        max_new_tokens=max_new_tokens, threads=runtime_threads)
     if pick_device(device) != "cpu":
         click.echo("note: training runs on the GPU; the timed engines are ONNX Runtime CPU", err=True)
     with tempfile.TemporaryDirectory(prefix="kangaroo-tune-") as tmp:

@@ -8,7 +8,8 @@ Layout::
 
 Loaders read the manifest, never file names, and refuse a schema they do not know or a file whose
 sha256 differs from the one recorded. Schema 2 made what the backends need typed fields (``source_model``,
-``adapter_dir``, ``tensorrt``); schema 1 kept them in ``info`` and is still read.
+``adapter_dir``, ``tensorrt``); schema 1 kept them in ``info`` and is still read. Schema 3 renamed each graph's
+``parity_max_abs_error`` to ``parity`` (int8 graphs record top-1 agreement there, not an error); 2 is still read.
 
 The directory is fenced: every path the manifest names must lie inside it (no absolute paths, no ``..``, no
 symbolic link out of it), and every file a loader opens must have a recorded sha256 that matches
@@ -31,8 +32,8 @@ from ..errors import EngineDirError, KangarooError
 from .profiles import Profile
 from .spec import GraphSpec
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3  # 3: a graph's "parity" (schema 1 and 2 wrote it as "parity_max_abs_error", also for int8)
+READABLE_SCHEMAS = (1, 2, 3)
 MANIFEST = "manifest.json"
 GRAPHS = ("shallow", "adapter", "deep")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -50,7 +51,8 @@ def sha256(path: Path) -> str:
 class GraphEntry:
     file: str  # relative to the engine directory
     spec: GraphSpec
-    parity: dict[str, float]  # max |onnx - torch| per float output, measured at export
+    # fp32 / fp16: max |onnx - torch| per float output, measured at export; int8: {"top1_agreement": ...} with fp32
+    parity: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class Manifest:
             "decode_defaults": {"gamma": self.decode.gamma, "tau": self.decode.tau},
             "eos_token_ids": list(self.eos_token_ids),
             "tokenizer": {"dir": "tokenizer", "chat_template": self.has_chat_template},
-            "graphs": {p: {g: {"file": e.file, "spec": e.spec.to_dict(), "parity_max_abs_error": e.parity}
+            "graphs": {p: {g: {"file": e.file, "spec": e.spec.to_dict(), "parity": e.parity}
                            for g, e in gs.items()} for p, gs in self.graphs.items()},
             "files": self.files,
             "source_model": self.source_model,
@@ -170,7 +172,7 @@ class Manifest:
                 decode=DecodeConfig(**d["decode_defaults"]),
                 eos_token_ids=tuple(d["eos_token_ids"]),
                 has_chat_template=d["tokenizer"]["chat_template"],
-                graphs={p: {g: GraphEntry(e["file"], GraphSpec.from_dict(e["spec"]), e["parity_max_abs_error"])
+                graphs={p: {g: GraphEntry(e["file"], GraphSpec.from_dict(e["spec"]), e["parity" if version >= 3 else "parity_max_abs_error"])
                             for g, e in gs.items()} for p, gs in d["graphs"].items()},
                 files=d["files"],
                 source_model=d["source_model"],

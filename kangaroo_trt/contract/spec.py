@@ -4,36 +4,63 @@
 export's example inputs, the parity check's random feeds, the runner's preallocated buffers, feed
 validation and TensorRT optimisation profiles are all derived from it. The only dynamic dimension is
 ``n``, the number of new tokens in a call (prefill chunk, draft step, verify step). Head outputs are
-computed for the last ``min(n, rows)`` tokens only (``capped``): the adapter's for the last one (a draft
+computed for the last ``min(n, rows)`` tokens only (``Capped``): the adapter's for the last one (a draft
 step uses nothing else), the deep graph's for up to ``max_verify`` (a verify step's whole window), so a
 prefill chunk never pays for LM-head rows nobody reads.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..config import AdapterSpec, ExportConfig, ModelSpec
-from ..errors import InputError
+from ..errors import EngineDirError, InputError
 
 NEW_TOKENS = "n"
-_CAPPED = "min(n,"
 
 
-def capped(rows: int) -> str:
-    """The dimension ``min(n, rows)``: a head output computed for the last ``rows`` new tokens only."""
-    return f"{_CAPPED}{rows})"
+@dataclass(frozen=True)
+class Capped:
+    """The dimension ``min(n, rows)``: a head output computed for the last ``rows`` new tokens only.
+
+    ``str()`` gives its symbolic name in the ONNX graphs and the manifest (``min(n,8)``), ``parse`` reads it back.
+    """
+
+    rows: int
+
+    def __str__(self) -> str:
+        return f"min({NEW_TOKENS},{self.rows})"
+
+    @classmethod
+    def parse(cls, name: str) -> "Capped":
+        match = re.fullmatch(rf"min\({NEW_TOKENS},(\d+)\)", name)
+        if match is None:
+            raise ValueError(f"unknown dimension {name!r}")
+        return cls(int(match.group(1)))
 
 
-def _size(dim: int | str, n: int) -> int:
+Dim = int | str | Capped  # a fixed size, NEW_TOKENS, or min(NEW_TOKENS, rows)
+
+
+def _size(dim: Dim, n: int) -> int:
     if dim == NEW_TOKENS:
         return n
-    if isinstance(dim, str) and dim.startswith(_CAPPED):
-        return min(n, int(dim[len(_CAPPED):-1]))
+    if isinstance(dim, Capped):
+        return min(n, dim.rows)
     return dim
+
+
+def _dim_from_json(value: int | str) -> Dim:
+    if isinstance(value, int) or value == NEW_TOKENS:
+        return value
+    try:
+        return Capped.parse(value)
+    except (TypeError, ValueError) as err:
+        raise EngineDirError(f"a graph spec has an unknown dimension {value!r}: rebuild the engine directory") from err
 # Graph I/O dtype per precision. int8 graphs quantize weights and activations inside (Q/DQ nodes) but keep
 # fp32 inputs, outputs and caches, so the runner's buffers are those of the fp32 graphs.
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
@@ -43,7 +70,7 @@ FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name
-    shape: tuple[int | str, ...]  # str entries are symbolic (dynamic) dimensions
+    shape: tuple[Dim, ...]  # int: fixed; NEW_TOKENS or Capped: dynamic
 
     def concrete(self, n: int) -> tuple[int, ...]:
         return tuple(_size(d, n) for d in self.shape)
@@ -91,12 +118,12 @@ class GraphSpec:
     @property
     def head_rows(self) -> int | None:
         """How many of the last new tokens the head outputs cover (None: all of them)."""
-        dims = [d for t in self.token_outputs for d in t.shape if isinstance(d, str) and d.startswith(_CAPPED)]
-        return _size(dims[0], 1 << 30) if dims else None
+        dims = [d for t in self.token_outputs for d in t.shape if isinstance(d, Capped)]
+        return dims[0].rows if dims else None
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
-                for t in (*self.inputs, *self.outputs) if any(isinstance(d, str) for d in t.shape)}
+        return {t.name: {i: str(d) for i, d in enumerate(t.shape) if not isinstance(d, int)}
+                for t in (*self.inputs, *self.outputs) if not all(isinstance(d, int) for d in t.shape)}
 
     def check_feeds(self, feeds: dict[str, np.ndarray], n: int) -> None:
         """Refuse feeds whose names, dtypes or shapes differ from the contract (one line, names the tensor)."""
@@ -123,16 +150,21 @@ class GraphSpec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.inputs],
-            "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.outputs],
+            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": _shape_json(t)} for t in self.inputs],
+            "outputs": [{"name": t.name, "dtype": t.dtype, "shape": _shape_json(t)} for t in self.outputs],
             "caches": [{**c.__dict__, "shape": list(c.shape)} for c in self.caches],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GraphSpec":
-        tensors = lambda items: tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)  # noqa: E731
+        tensors = lambda items: tuple(TensorSpec(t["name"], t["dtype"], tuple(map(_dim_from_json, t["shape"])))  # noqa: E731
+                                      for t in items)
         caches = tuple(CacheSpec(**{**c, "shape": tuple(c["shape"])}) for c in d["caches"])
         return cls(d["name"], tensors(d["inputs"]), tensors(d["outputs"]), caches)
+
+
+def _shape_json(t: TensorSpec) -> list[int | str]:
+    return [d if isinstance(d, int) else str(d) for d in t.shape]
 
 
 def _caches(layers: range, kv_heads: int, head_dim: int, max_seq_len: int, dtype: str) -> tuple[CacheSpec, ...]:
@@ -154,7 +186,7 @@ def _cache_io(caches: tuple[CacheSpec, ...]) -> tuple[tuple[TensorSpec, ...], tu
 def graph_specs(model: ModelSpec, adapter: AdapterSpec, export: ExportConfig, precision: str) -> dict[str, GraphSpec]:
     f = FLOAT_DTYPES[precision]
     s, l, n = export.max_seq_len, export.exit_layer, NEW_TOKENS
-    draft_rows, verify_rows = capped(1), capped(export.max_verify)
+    draft_rows, verify_rows = Capped(1), Capped(export.max_verify)
     ids = TensorSpec("input_ids", "int64", (1, n))
     pos = TensorSpec("position_ids", "int64", (1, n))
     hidden = TensorSpec("hidden", f, (1, n, model.hidden_size))

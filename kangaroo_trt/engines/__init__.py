@@ -1,5 +1,5 @@
-"""TensorRT engine building: optimization profiles, plan building (lazy ``tensorrt`` import), plan bookkeeping.
+"""TensorRT plan building on Polygraphy's loaders (``builder.py``) and the operator pre-check (``onnx_support.py``).
 
 TensorRT is optional. Without it, ``kangaroo-export`` says in one line what to install and still writes
-the ONNX graphs. Nothing here has been run against a real TensorRT (see ``builder.py``).
+the ONNX graphs. Status of the TensorRT path: the README's backend table.
 """

@@ -1,21 +1,24 @@
-"""ONNX graphs of an engine directory -> one TensorRT plan per graph and precision.
+"""ONNX graphs of an engine directory -> one TensorRT plan per graph and precision, on Polygraphy's loaders.
 
-UNVERIFIED: written against the TensorRT 11 Python API (and TensorRT 10 with the STRONGLY_TYPED flag) from
-its documentation; no machine this project is developed on has a GPU or TensorRT, so no plan has been built
-with this code yet. What is tested here without TensorRT: profiles, plan bookkeeping and staleness, the
-"what to install" message, and (``tests/test_tensorrt_ops.py``) that every exported graph uses only ops the
-TensorRT ONNX parser supports.
+Status: never run (no GPU or TensorRT where this project is developed; the README's backend table says what
+has run). Built on Polygraphy (``NetworkFromOnnxPath(strongly_typed=...)``, ``CreateConfig(profiles=...,
+memory_pool_limits=..., load_timing_cache=...)``, ``EngineBytesFromNetwork(save_timing_cache=...)``, which
+locks the timing cache while it merges into it) rather than the TensorRT builder API by hand. Tested here
+without TensorRT: the Polygraphy loader chain we construct (profiles, pools, caches), plan bookkeeping and
+staleness, the "what to install" message, and (``tests/test_tensorrt_ops.py``) the exported graphs' operators
+against the ONNX parser's table (``onnx_support.py``, a CPU pre-check only).
 
 Networks are strongly typed: the precision comes from the ONNX (fp32, fp16 weights with fp32 norms /
 softmax / rotary, or INT8 Q/DQ), so no precision flag is set. Per plan: the ``step`` and ``prefill``
-optimization profiles (``profiles.py``), a workspace limit, one timing cache shared by all plans of the
+optimization profiles (``contract/profiles.py``), a workspace limit, one timing cache shared by all plans of the
 directory (``trt/timing.cache``, reused by later builds on the same GPU), and the builder log
-(``trt/build.log``). The manifest's ``tensorrt`` record (``TensorRTRecord``) holds each plan with the sha256 of the ONNX
-file it was built from (``plans.py`` refuses a stale plan) and the TensorRT / CUDA / GPU versions.
+(``trt/build.log``, Polygraphy's log with TensorRT's messages). The manifest's ``tensorrt`` record (``TensorRTRecord``) holds each plan with the sha256 of the ONNX
+file it was built from (``contract/plans.py`` refuses a stale plan) and the TensorRT / CUDA / GPU versions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -23,31 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ExportConfig
-from ..errors import BackendError, ConfigError
 from ..contract.manifest import MANIFEST, GraphEntry, Manifest, PlanEntry, TensorRTRecord, sha256
 from ..contract.plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
 from ..contract.profiles import profiles
+from ..contract.spec import GraphSpec
+from ..errors import BackendError, ConfigError
 from ..export.atomic import apply_umask, out_lock, sweep_stale, temp_dir
+from ..runtimes import TENSORRT_HINT, import_polygraphy_trt, import_tensorrt, tensorrt_available
 
-INSTALL_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
 WORKSPACE_BYTES = 4 << 30
-
-
-def import_tensorrt():
-    """``tensorrt``, or a one-line BackendError saying what to install."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as err:  # OSError: the bindings are there but the libraries are not
-        raise BackendError(INSTALL_HINT) from err
-    return trt
-
-
-def tensorrt_available() -> bool:
-    try:
-        import_tensorrt()
-    except BackendError:
-        return False
-    return True
 
 
 def device_versions() -> dict[str, str]:
@@ -66,61 +53,56 @@ def device_versions() -> dict[str, str]:
     return out
 
 
-def _logger(trt, log_file: Path):
-    class FileLogger(trt.ILogger):
-        """TensorRT's builder messages (INFO and up) go to the build log; errors are also kept for the exception."""
+def plan_loader(onnx_path: Path, spec: GraphSpec, export: ExportConfig, timing_cache: Path, pools: dict,
+                strongly_typed: bool):
+    """Polygraphy's loader chain for one plan, not yet run: parse ``onnx_path`` (strongly typed where the TensorRT
+    version needs the flag), the step and prefill profiles, ``pools`` (memory pool -> byte limit), and the
+    timing cache loaded from and merged back into ``timing_cache`` (Polygraphy locks the file while it writes).
+    Constructing it needs Polygraphy only; calling it (``loader()`` -> plan bytes) needs TensorRT."""
+    trt_loaders = import_polygraphy_trt()
+    optimization_profiles = []
+    for p in profiles(export.max_verify, export.prefill_chunk):
+        profile = trt_loaders.Profile()
+        for name, (lo, opt, hi) in p.shapes(spec).items():
+            profile.add(name, lo, opt, hi)
+        optimization_profiles.append(profile)
+    config = trt_loaders.CreateConfig(profiles=optimization_profiles, memory_pool_limits=pools,
+                                      load_timing_cache=str(timing_cache) if timing_cache.is_file() else None)
+    network = trt_loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
+    return trt_loaders.EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))
 
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self._file = open(log_file, "a")
 
-        def log(self, severity, msg) -> None:
-            level = int(severity)  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
-            if level <= int(trt.ILogger.Severity.INFO):
-                self._file.write(f"[{severity.name}] {msg}\n")
-            if level <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
+@contextlib.contextmanager
+def _build_log(log_file: Path):
+    """Polygraphy's and TensorRT's messages (TensorRT INFO and up) go to ``log_file`` (rewritten), not the terminal."""
+    from polygraphy.logger import G_LOGGER
 
-        def close(self) -> None:
-            self._file.close()
-
-    return FileLogger()
+    saved = G_LOGGER.use_python_logging_system
+    G_LOGGER.log_file, G_LOGGER.use_python_logging_system = str(log_file), True
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.VERBOSE):
+            yield
+    finally:
+        G_LOGGER.log_file, G_LOGGER.use_python_logging_system = None, saved
 
 
 def build_plan(onnx_path: Path, entry: GraphEntry, export: ExportConfig, plan_path: Path, timing_cache: Path,
                log_file: Path, workspace: int = WORKSPACE_BYTES) -> None:
-    """Parse ``onnx_path``, build one plan with the step and prefill profiles, write ``plan_path``."""
+    """Build one plan with Polygraphy's TensorRT loaders and write ``plan_path`` (``build_plans`` sends the log to
+    ``log_file``)."""
     trt = import_tensorrt()
-    logger = _logger(trt, log_file)
+    from polygraphy.exception import PolygraphyException
+
+    # TensorRT 11 networks are always strongly typed; TensorRT 10 needs the flag for the same behaviour.
+    strongly_typed = int(trt.__version__.split(".")[0]) < 11
+    loader = plan_loader(onnx_path, entry.spec, export, timing_cache, {trt.MemoryPoolType.WORKSPACE: workspace},
+                         strongly_typed)
     try:
-        builder = trt.Builder(logger)
-        # TensorRT 11 networks are always strongly typed; TensorRT 10 needs the flag for the same behaviour.
-        major = int(trt.__version__.split(".")[0])
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if major < 11 else 0
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-            raise BackendError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, False)
-        for p in profiles(export.max_verify, export.prefill_chunk):
-            profile = builder.create_optimization_profile()
-            for name, (lo, opt, hi) in p.shapes(entry.spec).items():
-                profile.set_shape(name, lo, opt, hi)
-            config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise BackendError(f"TensorRT could not build {onnx_path.name}: {'; '.join(logger.errors[-3:])} "
-                               f"(full log: {log_file})")
-        plan_path.parent.mkdir(parents=True, exist_ok=True)
-        plan_path.write_bytes(bytes(serialized))
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    finally:
-        logger.close()
+        serialized = loader()
+    except PolygraphyException as err:  # parser errors, or a build that produced no engine
+        raise BackendError(f"TensorRT could not build {onnx_path.name}: {err} (full log: {log_file})") from err
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_bytes(bytes(serialized))
 
 
 def build_plans(root: Path, graphs: dict[str, dict[str, GraphEntry]], export: ExportConfig,
@@ -129,13 +111,14 @@ def build_plans(root: Path, graphs: dict[str, dict[str, GraphEntry]], export: Ex
     (root / PLAN_DIR).mkdir(parents=True, exist_ok=True)
     versions = device_versions()
     plans: dict[str, dict[str, PlanEntry]] = {}
-    for precision, entries in graphs.items():
-        plans[precision] = {}
-        for name, entry in entries.items():
-            rel = plan_file(precision, name)
-            build_plan(root / entry.file, entry, export, root / rel, root / TIMING_CACHE, root / BUILD_LOG)
-            plans[precision][name] = PlanEntry(rel, entry.file, sha256(root / entry.file))
-            log(f"built {rel}")
+    with _build_log(root / BUILD_LOG):
+        for precision, entries in graphs.items():
+            plans[precision] = {}
+            for name, entry in entries.items():
+                rel = plan_file(precision, name)
+                build_plan(root / entry.file, entry, export, root / rel, root / TIMING_CACHE, root / BUILD_LOG)
+                plans[precision][name] = PlanEntry(rel, entry.file, sha256(root / entry.file))
+                log(f"built {rel}")
     return TensorRTRecord(versions, profiles(export.max_verify, export.prefill_chunk), WORKSPACE_BYTES, TIMING_CACHE,
                           BUILD_LOG, plans)
 
@@ -146,7 +129,7 @@ def build_plans_if_available(root: Path, graphs: dict[str, dict[str, GraphEntry]
     if not tensorrt_available():
         if required:
             import_tensorrt()  # raises the one-line install hint
-        log(f"note: {INSTALL_HINT}; wrote the ONNX graphs only (they run on ONNX Runtime)")
+        log(f"note: {TENSORRT_HINT}; wrote the ONNX graphs only (they run on ONNX Runtime)")
         return None
     return build_plans(root, graphs, export, log)
 

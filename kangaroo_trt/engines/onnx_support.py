@@ -1,5 +1,9 @@
 """What TensorRT's ONNX parser accepts, written down, and a check of a graph against it (no TensorRT needed).
 
+A CPU pre-check only: it catches an unsupported operator or opset at export time on machines without TensorRT.
+The authority is TensorRT's own parser (``builder.py`` via Polygraphy) and, on a GPU, Polygraphy's comparison of
+each plan with ONNX Runtime (``scripts/trt_compare.py``); where they disagree with this table, they win.
+
 Source: onnx/onnx-tensorrt ``docs/operators.md`` at the "ONNX-TensorRT 10.1 GA release" commit
 (96e781103cfc4adf4a6bb557e94bac8e693f6f4c, 2024-06-17), "TensorRT 10.0 supports operators in the inclusive
 range of opset 9 to opset 20": every operator marked ``Y`` in its support matrix, and the restrictions

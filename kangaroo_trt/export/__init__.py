@@ -1,1 +1,1 @@
-"""Graph I/O specs, ONNX export, parity checks, manifest and the atomic engine-directory build."""
+"""ONNX export of the three graphs (one ONNX file each, weights in external data) and their parity check against PyTorch."""

@@ -48,6 +48,11 @@ def export_graph(module: nn.Module, spec: GraphSpec, path: Path, opset: int, voc
     for extra in traced.parent.glob(traced.name + "*"):  # external data the exporter may have spilled
         extra.unlink()
     model.graph.name = spec.name
+    save_onnx(model, path)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` to ``path`` with its weights in one external-data file ``<path>.data``, then check it."""
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
     onnx.checker.check_model(str(path))

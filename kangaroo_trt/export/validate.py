@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import KangarooError
 from ..contract.spec import GraphSpec
+from ..errors import KangarooError
 
 # (atol, rtol) per precision: rtol covers rounding accumulated over ~30 layers on random inputs (fp32 ~1e-4
 # relative seen on SmolLM2), and fp16 rounding of O(1)-scale activations.
@@ -42,7 +42,7 @@ class Parity:
 
 def check_parity(module: nn.Module, spec: GraphSpec, onnx_path: Path, precision: str, vocab_size: int,
                  seed: int = 0) -> Parity:
-    from ..runner.ort_backend import ort_session
+    from ..runtimes import ort_session
 
     session = ort_session(onnx_path, threads=None)
     rng = np.random.default_rng(seed)

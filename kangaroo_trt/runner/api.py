@@ -25,12 +25,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..chat import encode_chat, messages_of
-from ..config import DecodeConfig, check_threads
-from ..errors import ConfigError, InputError
+from ..config import MODES, DecodeConfig, check_threads
 from ..contract.manifest import Manifest, inside
+from ..errors import ConfigError, InputError
 from .backend import EngineRef
 from .backends import open_backend
-from .decode import Decoder, MODES, Transcript
+from .decode import Decoder, Transcript
 from .stats import GenerationStats
 from .stops import StopStrings
 from .streaming import AsyncStream, Stream
@@ -179,6 +179,8 @@ class KangarooEngine:
         if not self._lock.acquire(blocking=False):
             raise InputError("this engine is already serving a request: requests are served one at a time")
         try:
+            if self.backend is None:  # closed between stream() and the first piece
+                raise InputError("this engine is closed: open the engine directory again")
             decoder, done, shown = self.decoder, Transcript(), ""
             start = perf_counter()
             for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):

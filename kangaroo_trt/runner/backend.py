@@ -12,12 +12,11 @@ same ``n``; copy them to keep them longer.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -43,11 +42,6 @@ def host(array) -> np.ndarray:
 def cuda_graphs_enabled() -> bool:
     """CUDA graph capture of the step shapes (TensorRT and PyTorch CUDA backends); KANGAROO_TRT_CUDA_GRAPHS=0 turns it off."""
     return os.environ.get("KANGAROO_TRT_CUDA_GRAPHS", "1") != "0"
-
-
-def importable(module: str) -> bool:
-    """Whether ``module`` is installed (without importing it)."""
-    return importlib.util.find_spec(module) is not None
 
 
 @dataclass(frozen=True)
@@ -86,6 +80,15 @@ class EngineRef:
             raise EngineDirError(f"{model_dir} no longer holds the weights {self.directory} was built from (sha256 "
                                  "differs): restore that model or rebuild the engine directory")
         return model_dir
+
+
+def cache_buffers(spec: GraphSpec, zeros: Callable[[tuple[int, ...], str], Any]) -> dict:
+    """past name -> a zeroed KV-cache buffer [1, kv_heads, max_seq_len, head_dim] from ``zeros(shape, dtype)``.
+
+    The one place caches are allocated: ``np.zeros`` (ONNX Runtime CPU), ``cupy.zeros`` (CUDA backends), a
+    torch factory (PyTorch backend), or a calibration sample's host copy.
+    """
+    return {name: zeros(c.shape, c.dtype) for c in spec.caches for name in (c.past_key, c.past_value)}
 
 
 class GraphRunner(ABC):

@@ -23,13 +23,11 @@ from time import perf_counter
 
 import numpy as np
 
-from ..config import DecodeConfig
+from ..config import MODES, DecodeConfig
 from ..errors import InputError
 from .backend import Backend
 from .stats import AcceptanceLog
 from .verify import Greedy, Sampling, rule_for
-
-MODES = ("kangaroo", "ar")
 
 
 @dataclass

@@ -4,7 +4,7 @@ CPU: numpy buffers bound by pointer once per call size ``n`` (caches, token inpu
 its feeds into the bound input buffers and runs, so ONNX Runtime neither copies the caches nor allocates
 outputs, and nothing is rebound per call.
 
-CUDA (``onnxruntime-gpu``; UNVERIFIED, never run: no GPU on this project's machines): the same design with
+CUDA (``onnxruntime-gpu``; status: the README's backend table): the same design with
 CuPy device buffers bound as ``"cuda"`` memory. Token inputs and outputs live in buffers of the largest
 ``n`` (the contiguous prefix is bound for a call), the new cache rows are copied device to device, and
 outputs are returned as CuPy arrays (see ``trt_backend.py``: exit states never leave the device; only
@@ -19,33 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..contract.spec import GraphSpec
-from ..errors import BackendError, EngineDirError
-from .backend import Backend, EngineRef, GraphRunner, importable
-
-
-def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # ONNX Runtime fuses a weight-only INT8 MatMul (DequantizeLinear on a constant weight, our int8 deep graph)
-    # into MatMulNBits; at its default accuracy level it quantizes the activations to int8 on the fly, with
-    # a different result for n = 1 than for the same row inside n > 1 (0.47 in SmolLM2's logits), which
-    # breaks Kangaroo == AR. Level 1 computes in fp32: same numerics class as the fp32 graphs (2.6e-5).
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    # The three graphs run one after another, each on its own session's thread pool. With ONNX Runtime's default
-    # spin-waiting, the pools that just finished keep their cores busy while the next graph runs: on 2 cores that
-    # cost SmolLM2 AR 20.3 -> 28.1 tok/s and Kangaroo (more graph switches) 17.1 -> 33.4 tok/s. Idle pools sleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=list(providers))
-    except Exception as err:  # ORT raises its own exception types for corrupt or unloadable graphs
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise EngineDirError(f"ONNX Runtime cannot load {path.name} ({first}): the graph is corrupt or was changed, "
-                             "rebuild the engine directory") from err
+from ..errors import BackendError
+from ..runtimes import import_cupy, importable, ort_session
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers
 
 
 def _bind(binding, name: str, array: np.ndarray, output: bool) -> None:
@@ -60,10 +36,7 @@ class OrtGraphRunner(GraphRunner):
     def __init__(self, session, spec: GraphSpec) -> None:
         super().__init__(spec)
         self._session = session
-        self.caches = {}  # past name -> buffer [1, kv_heads, max_seq_len, head_dim]
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                self.caches[name] = np.zeros(c.shape, dtype=c.dtype)
+        self.caches = cache_buffers(spec, np.zeros)
         self._bound: dict[int, tuple[object, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
 
     def _binding(self, n: int):
@@ -109,17 +82,13 @@ class OrtCpuBackend(Backend):
 
 class OrtCudaGraphRunner(GraphRunner):
     def __init__(self, session, spec: GraphSpec, max_n: int) -> None:
-        from .trt_backend import import_cupy
-
         cp = self._cp = import_cupy()
         super().__init__(spec)
         self._session = session
         self._binding = session.io_binding()
-        self.caches = {}  # past name -> device buffer [1, kv_heads, max_seq_len, head_dim], bound once
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                self.caches[name] = cp.zeros(c.shape, dtype=c.dtype)
-                self._bind(name, self.caches[name], output=False)
+        self.caches = cache_buffers(spec, cp.zeros)  # on the device, bound once
+        for name, buffer in self.caches.items():
+            self._bind(name, buffer, output=False)
         self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype) for t in (*spec.token_inputs, *spec.outputs)}
 
     def _bind(self, name: str, array, output: bool) -> None:

@@ -17,8 +17,8 @@ copy their feeds into the buffers and replay it. Prefill chunks run eagerly.
 
 Returned arrays are numpy copies of the token outputs (on CUDA one small device-to-host copy per call,
 which is also the call's synchronization). Verified on CPU (tests/test_backends.py: the same code path,
-minus capture). The CUDA path, capture included, runs only in the GPU-marked tests (scripts/gpu_check.sh),
-which have not run in this project yet.
+minus capture). The CUDA path, capture included, runs only in the GPU-marked tests (scripts/gpu_check.sh);
+status: the README's backend table.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError, EngineDirError
 from ..contract.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled, importable
+from ..errors import BackendError, EngineDirError
+from ..runtimes import importable
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
 
 
 class TorchGraphRunner(GraphRunner):
@@ -38,10 +39,7 @@ class TorchGraphRunner(GraphRunner):
 
         super().__init__(spec)
         self._torch, self.module, self.device = torch, module, torch.device(device)
-        self.caches = {}  # past name -> tensor [1, kv_heads, max_seq_len, head_dim] on the device
-        for c in spec.caches:
-            for name in (c.past_key, c.past_value):
-                self.caches[name] = torch.zeros(c.shape, dtype=getattr(torch, c.dtype), device=self.device)
+        self.caches = cache_buffers(spec, lambda shape, dtype: torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device))
         self._inputs = {t.name: torch.zeros(t.concrete(max_n), dtype=getattr(torch, t.dtype), device=self.device)
                         for t in spec.token_inputs}
         self._capture_up_to = capture_up_to if self.device.type == "cuda" else 0

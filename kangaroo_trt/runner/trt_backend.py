@@ -1,8 +1,7 @@
 """TensorRT backend: plans from the engine directory, device buffers allocated once, one CUDA stream.
 
-UNVERIFIED: written against the TensorRT 10/11 runtime API and CuPy from their documentation; it has never
-run (no GPU or TensorRT on this project's machines). ``scripts/gpu_check.sh`` runs its GPU-marked tests
-where TensorRT is installed.
+Written against the TensorRT 10/11 runtime API and CuPy from their documentation; what has run where: the
+README's backend status table (``scripts/gpu_check.sh`` runs its GPU-marked tests where TensorRT is installed).
 
 Per graph (``TrtGraphRunner``):
 
@@ -32,22 +31,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..contract.plans import fresh_plan
 from ..contract.profiles import Profile, pick
-from ..errors import BackendError, EngineDirError
 from ..contract.spec import GraphSpec
-from .backend import Backend, EngineRef, GraphRunner, cuda_graphs_enabled
-
-CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
-
-
-def import_cupy():
-    """``cupy``, or a one-line BackendError saying what to install (also used by the ONNX Runtime CUDA backend)."""
-    try:
-        import cupy
-    except ImportError as err:
-        raise BackendError(CUPY_HINT) from err
-    return cupy
-
+from ..errors import BackendError, EngineDirError
+from ..runtimes import import_cupy, import_tensorrt
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
 
 class TrtGraphRunner(GraphRunner):
     def __init__(self, engine, spec: GraphSpec, available: tuple[Profile, ...], stream, cuda_graphs: bool) -> None:
@@ -64,10 +53,7 @@ class TrtGraphRunner(GraphRunner):
             self._contexts.append(context)
         max_n = max(p.n_max for p in available)
         with stream:
-            self.caches = {}  # past name -> device buffer [1, kv_heads, max_seq_len, head_dim]
-            for c in spec.caches:
-                for name in (c.past_key, c.past_value):
-                    self.caches[name] = cp.zeros(c.shape, dtype=c.dtype)
+            self.caches = cache_buffers(spec, cp.zeros)  # on the device
             # token inputs and all outputs at their largest n; a call uses the contiguous prefix
             self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype)
                              for t in (*spec.token_inputs, *spec.outputs)}
@@ -132,9 +118,6 @@ class TensorRTBackend(Backend):
         return cls(engine, threads)
 
     def __init__(self, ref: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
-        from ..engines.builder import import_tensorrt
-        from ..contract.plans import fresh_plan
-
         trt = import_tensorrt()
         cp = import_cupy()
         record = ref.manifest.tensorrt

@@ -5,20 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..markdown import markdown_table
 from ..model.weights import ADAPTER_CONFIG
 
 CARD = "TRAINING_CARD.md"
 
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
-    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = []
-        for key, _ in columns:
-            value = row.get(key, "")
-            cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    """A Markdown table of ``rows`` (dicts), one column per (key, title); floats with three decimals."""
+    cell = lambda value: f"{value:.3f}" if isinstance(value, float) else str(value)  # noqa: E731
+    return markdown_table([title for _, title in columns], [[cell(row.get(key, "")) for key, _ in columns] for row in rows])
 
 
 def write_card(adapter_dir: Path) -> Path:

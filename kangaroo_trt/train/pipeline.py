@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..bundled import resolve_model
+from ..bundled import default_questions_path, resolve_model
 from ..model.weights import save_adapter
-from .card import write_card
-from .draft_vocab import restrict_saved_adapter
 from .cache import FeatureCache, FeatureSettings, build_features
+from .card import write_card
 from .data import BenchmarkFilter, read_examples
+from .draft_vocab import restrict_saved_adapter
 from .trainer import TrainConfig, TrainResult, finish, train
 
 
@@ -31,8 +31,6 @@ class DataSource:
 
 def default_exclude() -> tuple[Path, ...]:
     """The Spec-Bench questions shipped with the package (they include the 80 MT-Bench questions)."""
-    from ..bench.questions import default_questions_path
-
     path = default_questions_path()
     return (path,) if path.is_file() else ()
 

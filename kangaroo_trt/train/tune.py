@@ -19,7 +19,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from ..config import DecodeConfig, ExportConfig
+from ..config import DecodeConfig, ExportConfig, verify_capacity
 from ..errors import ConfigError
 from ..model.weights import ADAPTER_CONFIG, load_adapter
 from .cache import FeatureSettings
@@ -41,9 +41,9 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         for g in self.gammas:
-            DecodeConfig(g, 0.5)  # validates
+            DecodeConfig(gamma=g)  # validates
         for t in self.taus:
-            DecodeConfig(1, t)
+            DecodeConfig(tau=t)
         if self.prompts < 1 or self.max_new_tokens < 2:
             raise ConfigError("need at least one validation prompt and max_new_tokens >= 2")
 
@@ -102,7 +102,7 @@ def _engine(model: str, adapter_dir: Path, engine_dir: Path, sweep: SweepConfig,
 
     checkpoint = load_adapter(adapter_dir)
     export = ExportConfig(exit_layer=checkpoint.exit_layer, max_seq_len=sweep.max_seq_len,
-                          max_verify=max(8, max(sweep.gammas) + 1))
+                          max_verify=verify_capacity(max(sweep.gammas)))
     build_engine_dir(model, engine_dir, export, adapter=checkpoint, force=True, log=lambda _: None)
     log(f"built {engine_dir} (exit layer {checkpoint.exit_layer})")
     return engine_dir

@@ -1,0 +1,94 @@
+"""The optional runtime libraries, imported in one place: ONNX Runtime sessions, TensorRT, CuPy, and their versions.
+
+Each ``import_*`` imports its library lazily and turns a missing one into a one-line ``BackendError`` that
+says what to install, so the layers above never import a GPU library at module level.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+from .errors import BackendError, EngineDirError
+
+TENSORRT_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
+POLYGRAPHY_HINT = "Polygraphy is not installed: pip install polygraphy (it builds the TensorRT plans)"
+CUPY_HINT = "CuPy is not installed: pip install cupy-cuda13x (or cupy-cuda12x, matching your CUDA)"
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` is installed (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def library_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    """Installed version of each distribution ("not installed" where absent)."""
+    out = {}
+    for dist in distributions:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def import_tensorrt():
+    """``tensorrt``, or a one-line BackendError saying what to install."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as err:  # OSError: the bindings are there but the libraries are not
+        raise BackendError(TENSORRT_HINT) from err
+    return trt
+
+
+def tensorrt_available() -> bool:
+    try:
+        import_tensorrt()
+    except BackendError:
+        return False
+    return True
+
+
+def import_polygraphy_trt():
+    """``polygraphy.backend.trt`` (its loaders import TensorRT only when run), or a one-line BackendError."""
+    try:
+        from polygraphy.backend import trt as trt_loaders
+    except ImportError as err:
+        raise BackendError(POLYGRAPHY_HINT) from err
+    return trt_loaders
+
+
+def import_cupy():
+    """``cupy``, or a one-line BackendError saying what to install."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise BackendError(CUPY_HINT) from err
+    return cupy
+
+
+def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    """An ONNX Runtime session with this project's settings (the measurements behind them: bench/results/README.md)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # ONNX Runtime fuses a weight-only INT8 MatMul (DequantizeLinear on a constant weight, our int8 deep graph)
+    # into MatMulNBits; at its default accuracy level it quantizes the activations to int8 on the fly, with
+    # a different result for n = 1 than for the same row inside n > 1, which breaks Kangaroo == AR. Level 1
+    # computes in fp32: the same numerics class as the fp32 graphs (tests/test_int8.py checks both).
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    # The three graphs run one after another, each on its own session's thread pool. With ONNX Runtime's default
+    # spin-waiting, the pools that just finished keep their cores busy while the next graph runs, which slows
+    # both modes and Kangaroo (more graph switches) most. Idle pools sleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as err:  # ORT raises its own exception types for corrupt or unloadable graphs
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise EngineDirError(f"ONNX Runtime cannot load {path.name} ({first}): the graph is corrupt or was changed, "
+                             "rebuild the engine directory") from err
