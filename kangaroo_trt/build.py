@@ -19,7 +19,7 @@ from .config import AdapterSpec, DecodeConfig, ExportConfig, ModelSpec
 from .contract.manifest import GRAPHS, GraphEntry, Manifest, sha256
 from .contract.spec import graph_specs
 from .errors import ConfigError, KangarooError
-from .export.atomic import apply_umask, out_lock, replaceable, swap_in, sweep_stale, temp_dir
+from .atomic import apply_umask, out_lock, replaceable, swap_in, sweep_stale, temp_dir
 from .export.onnx_export import export_graph
 from .export.validate import check_parity
 from .model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,

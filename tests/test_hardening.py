@@ -96,7 +96,7 @@ def test_directory_created_at_out_during_the_build_is_kept(tiny_model, tmp_path)
 
 
 def test_a_second_build_to_the_same_out_fails_while_the_first_holds_it(tiny_model, tmp_path):
-    from kangaroo_trt.export.atomic import out_lock
+    from kangaroo_trt.atomic import out_lock
 
     out = tmp_path / "out"
     with out_lock(out):
@@ -107,7 +107,7 @@ def test_a_second_build_to_the_same_out_fails_while_the_first_holds_it(tiny_mode
 
 
 def test_stale_temporary_directories_of_dead_builds_are_swept(tiny_model, tmp_path):
-    from kangaroo_trt.export.atomic import temp_dir
+    from kangaroo_trt.atomic import temp_dir
 
     import subprocess
     import sys

@@ -2,7 +2,7 @@
 
 Exit status 2 for a user error (a ``KangarooError``, or an ``OSError`` such as a missing or unwritable path or a
 full disk), 130 on Ctrl-C, 143 on SIGTERM. A signal is raised as an exception inside the command, so the
-cleanup of a half-written output (``export/atomic.py``) runs before the process exits.
+cleanup of a half-written output (``atomic.py``) runs before the process exits.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from ..contract.plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
 from ..contract.profiles import profiles
 from ..contract.spec import GraphSpec
 from ..errors import BackendError, ConfigError
-from ..export.atomic import apply_umask, out_lock, sweep_stale, temp_dir
+from ..atomic import apply_umask, out_lock, sweep_stale, temp_dir
 from ..runtimes import TENSORRT_HINT, import_polygraphy_trt, import_tensorrt, tensorrt_available
 
 WORKSPACE_BYTES = 4 << 30

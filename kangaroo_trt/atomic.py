@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import ConfigError, EngineDirError
-from ..contract.manifest import MANIFEST, Manifest
+from .errors import ConfigError, EngineDirError
+from .contract.manifest import MANIFEST, Manifest
 
 TMP_TAG = "kangaroo-tmp"  # temporary directories: .<out name>.kangaroo-tmp-<pid>-<random>
 
