@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("export", "engines", "runner"),  # ONNX export + parity | TensorRT plans | backends + decoding loop + API
     ("calib",),  # INT8 calibration (exports graphs, decodes with the runner)
     ("build",),  # builds an engine directory: export, calibration, TensorRT plans, manifest
-    ("bench", "train"),  # Spec-Bench benchmark | adapter training and tuning
+    ("bench", "train", "serve"),  # Spec-Bench benchmark | adapter training and tuning | OpenAI-compatible HTTP server
     ("cli",),  # command-line entry points
     (PACKAGE,),  # the package's __init__: the public API
 )

@@ -15,6 +15,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# A minimal chat template for tiny models that need one (chat prompts, self-distillation).
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
 TINY_TEXT = [
     "the quick brown fox jumps over the lazy dog",
     "kangaroo decoding drafts with shallow layers and verifies with deep layers",
@@ -47,12 +51,15 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
-def make_tiny_model(directory: Path, name: str, num_layers: int = 4, seed: int = 0) -> Path:
-    """Save a tiny random HF model + tokenizer. Larger-than-default init gives peaked, non-degenerate logits."""
+def make_tiny_model(directory: Path, name: str, num_layers: int = 4, seed: int = 0, chat: bool = False) -> Path:
+    """Save a tiny random HF model + tokenizer (with ``CHAT_TEMPLATE`` if ``chat``). Larger-than-default init gives
+    peaked, non-degenerate logits."""
     import transformers
 
     cls_name, overrides = TINY_CONFIGS[name]
     tokenizer = tiny_tokenizer()
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
     config = getattr(transformers, cls_name)(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
         max_position_embeddings=512, initializer_range=0.15, eos_token_id=tokenizer.eos_token_id,
@@ -67,31 +74,32 @@ def make_tiny_model(directory: Path, name: str, num_layers: int = 4, seed: int =
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """Factory: tiny_model(name) -> directory of a saved tiny random model (cached per session)."""
-    made: dict[str, Path] = {}
+    """Factory: tiny_model(name, chat=False) -> directory of a saved tiny random model (cached per session);
+    ``chat``: its tokenizer has a chat template."""
+    made: dict[tuple[str, bool], Path] = {}
 
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = make_tiny_model(tmp_path_factory.mktemp(name), name)
-        return made[name]
+    def get(name: str, chat: bool = False) -> Path:
+        if (name, chat) not in made:
+            made[name, chat] = make_tiny_model(tmp_path_factory.mktemp(name), name, chat=chat)
+        return made[name, chat]
 
     return get
 
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model, tmp_path_factory):
-    """Factory: tiny_engine(model, **ExportConfig fields) -> (engine directory, build log lines), built once per
-    session for each distinct set of arguments, with a random adapter. Tests must not change what it returns."""
+    """Factory: tiny_engine(model, chat=False, **ExportConfig fields) -> (engine directory, build log lines), built
+    once per session for each distinct set of arguments, with a random adapter. Tests must not change what it returns."""
     from kangaroo_trt.config import ExportConfig
     from kangaroo_trt.build import build_engine_dir
 
     built: dict[tuple, tuple[Path, list[str]]] = {}
 
-    def get(model: str, **export) -> tuple[Path, list[str]]:
-        key = (model, tuple(sorted(export.items())))
+    def get(model: str, chat: bool = False, **export) -> tuple[Path, list[str]]:
+        key = (model, chat, tuple(sorted(export.items())))
         if key not in built:
             out, logs = tmp_path_factory.mktemp(f"engine-{model}") / "engine", []
-            build_engine_dir(str(tiny_model(model)), out, ExportConfig(**export), allow_random_adapter=True, log=logs.append)
+            build_engine_dir(str(tiny_model(model, chat)), out, ExportConfig(**export), allow_random_adapter=True, log=logs.append)
             built[key] = out, logs
         return built[key]
 

@@ -17,8 +17,6 @@ from kangaroo_trt.train.trainer import TrainConfig, train
 
 TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "kangaroo decoding drafts with shallow layers " * 3,
          "hello world, this is a tiny tokenizer for tests 0123456789 " * 2, "def add(a, b):\n    return a + b\n" * 3]
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,18 +34,9 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 @pytest.fixture(scope="module")
-def chat_model(tiny_model, tmp_path_factory) -> Path:
+def chat_model(tiny_model) -> Path:
     """The tiny GQA model with a chat template, so prompts can be self-distilled."""
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    directory = tmp_path_factory.mktemp("chat-model")
-    shutil.copytree(tiny_model("llama-gqa-tied"), directory, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(directory)
-    return directory
+    return tiny_model("llama-gqa-tied", chat=True)
 
 
 @pytest.fixture(scope="module")
