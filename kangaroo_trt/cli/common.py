@@ -1,13 +1,15 @@
 """What every CLI shares: user errors become one line on stderr and a non-zero exit.
 
 Exit status 2 for a user error (a ``KangarooError``, or an ``OSError`` such as a missing or unwritable path or a
-full disk), 130 on Ctrl-C, 143 on SIGTERM. A signal is raised as an exception inside the command, so the
-cleanup of a half-written output (``atomic.py``) runs before the process exits.
+full disk), 130 on Ctrl-C; on SIGTERM the process dies of the signal (143 in a shell) after one line. A signal
+is raised as an exception inside the command first, so the cleanup of a half-written output (``atomic.py``)
+runs before the process exits.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 
@@ -32,8 +34,8 @@ def os_error_line(err: OSError) -> str:
 
 
 def user_errors(fn):
-    """Print a user error as ``error: <one line>`` and exit 2 (130 on Ctrl-C, 143 on SIGTERM); anything else keeps
-    its traceback."""
+    """Print a user error as ``error: <one line>`` and exit 2 (130 on Ctrl-C; SIGTERM: cleanup, then the signal);
+    anything else keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -49,8 +51,11 @@ def user_errors(fn):
             _fail(os_error_line(err), 2)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
-        except Terminated:
-            _fail("terminated", 143)
+        except Terminated:  # cleaned up on the way out; now die of the signal, as a terminated process does
+            click.echo("error: terminated", err=True)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            sys.exit(143)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
