@@ -1,14 +1,14 @@
 """``kangaroo-export build``: target model + adapter -> a complete engine directory, written atomically.
 
-Everything is written into a temporary sibling of ``out`` and renamed into place at the end, so a
-failure never leaves a half-written engine directory and never touches an existing one unless
-``force`` is given (and even then only if it is an engine directory).
+Everything is written into a temporary sibling of ``out`` and renamed into place at the end, so a failure
+never leaves a half-written engine directory; what a build never deletes, and how it is fenced against other
+builds, is in ``atomic.py``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -16,14 +16,16 @@ import torch
 
 from .bundled import default_adapter, resolve_model
 from .config import AdapterSpec, DecodeConfig, ExportConfig, ModelSpec
-from .contract.manifest import GRAPHS, MANIFEST, GraphEntry, Manifest, sha256
+from .contract.manifest import GRAPHS, GraphEntry, Manifest, sha256
 from .contract.spec import graph_specs
 from .errors import ConfigError, KangarooError
+from .atomic import apply_umask, out_lock, replaceable, swap_in, sweep_stale, temp_dir
 from .export.onnx_export import export_graph
 from .export.validate import check_parity
 from .model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
-                            save_adapter)
-from .runtimes import library_versions
+                            save_adapter, weights_digest)
+from .paths import writable_dir
+from .runtimes import import_tensorrt, library_versions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # exported from PyTorch; int8 is calibrated from fp32
 ADAPTER_DIR = "adapter"
@@ -32,6 +34,8 @@ LIBRARIES = ("kangaroo-trt", "torch", "transformers", "onnx", "onnxruntime")  # 
 
 def choose_adapter(adapter_path: Path | None, allow_random: bool, model: str) -> AdapterCheckpoint:
     """The adapter asked for; else a random one if explicitly allowed; else the bundled model's shipped one."""
+    if adapter_path is not None and allow_random:
+        raise ConfigError("give --adapter DIR or --random-adapter, not both")
     if adapter_path is not None:
         return load_adapter(adapter_path)
     if allow_random:
@@ -55,19 +59,22 @@ def export_config(adapter: AdapterCheckpoint, exit_layer: int | None = None, gam
     return ExportConfig(decode=DecodeConfig(**{**tuned, **given}), **({"exit_layer": layer} if layer else {}), **fields)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            raise ConfigError(f"{out} already exists: choose another --out or pass --force to replace it")
-        if not (out / MANIFEST).is_file():
-            raise ConfigError(f"{out} exists and is not an engine directory: refusing to replace it, choose another --out")
-
-
 def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoint | None = None,
                      adapter_path: Path | None = None, allow_random_adapter: bool = False, force: bool = False,
                      log: Callable[[str], None] = print) -> Manifest:
-    out = Path(out)
-    _prepare_out(out, force)
+    out = Path(os.path.abspath(out))
+    if export.tensorrt == "require":
+        import_tensorrt()  # fail now, not after the whole export
+    replaceable(out, force)
+    writable_dir(out.parent, "--out")
+    with out_lock(out):
+        sweep_stale(out, log)
+        return _build(model, out, export, adapter, adapter_path, allow_random_adapter, force, log)
+
+
+def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoint | None, adapter_path: Path | None,
+           allow_random_adapter: bool, force: bool, log: Callable[[str], None]) -> Manifest:
+    existed = replaceable(out, force)
     model_dir = resolve_model(model)
     if adapter is None:
         adapter = choose_adapter(adapter_path, allow_random_adapter, model)
@@ -80,8 +87,7 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
     log(f"model {model}: {spec.architecture}, {spec.num_layers} layers, exit layer {export.exit_layer}, "
         f"cache {export.max_seq_len} positions")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         eos = _eos_ids(model_dir, spec)
         graphs: dict[str, dict[str, GraphEntry]] = {}
@@ -100,21 +106,18 @@ def build_engine_dir(model: str, out: Path, export: ExportConfig, adapter: Adapt
         # The adapter's own weights, so a backend that rebuilds the modules (runner/torch_backend.py) can.
         save_adapter(modules, tmp / ADAPTER_DIR, meta=adapter.meta)
         has_template = _save_tokenizer(model_dir, tmp / "tokenizer")
+        apply_umask(tmp)
         files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        # A local directory is recorded absolute (a relative one would resolve against wherever the engine runs).
+        source = str(Path(model).resolve()) if Path(model).is_dir() else model
         manifest = Manifest(
             model=spec, adapter=adapter.spec, exit_layer=export.exit_layer, max_seq_len=export.max_seq_len,
             prefill_chunk=export.prefill_chunk, max_verify=export.max_verify, decode=export.decode,
-            eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, source_model=model,
-            adapter_dir=ADAPTER_DIR, tensorrt=plans, info=info,
+            eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, source_model=source,
+            adapter_dir=ADAPTER_DIR, tensorrt=plans, info=info, source_sha256=weights_digest(Path(model_dir)),
         )
         manifest.write(tmp)
-        if out.exists():  # --force on an engine directory: swap, then delete the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(old / "engine")
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out, existed, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

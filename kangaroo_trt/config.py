@@ -11,6 +11,10 @@ All are frozen dataclasses that round-trip through plain dicts (the manifest sto
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +25,45 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib)
 MODES = ("kangaroo", "ar")  # decoding modes: Kangaroo, and plain autoregressive decoding (the baseline)
 TENSORRT_MODES = ("auto", "off", "require")
-MIN_MAX_VERIFY = 8  # default verify capacity of an engine (see verify_capacity)  # build TensorRT plans: when importable / never / or fail
+MIN_MAX_VERIFY = 8  # default verify capacity of an engine (see verify_capacity)
+# Below this, logits / temperature overflow float64 (NaN probabilities); any temperature this small is already
+# the argmax for logits that differ by more than ~1e-2, so 0 (greedy) is what such a setting means.
+MIN_TEMPERATURE = 1e-4
+MIN_SEQ_LEN = 16  # the export's parity check runs cases up to 16 positions; a shorter cache holds almost nothing
+
+
+def max_threads() -> int:
+    """The most runtime threads accepted: 4 per CPU (more only makes threads wait for each other)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None (the runtime's default) or a thread count in 1 .. ``max_threads()``."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= max_threads()):
+        raise ConfigError(f"threads must lie in 1 .. {max_threads()} (4 per CPU here), got {threads!r}: "
+                          "leave it out for the runtime's default")
+    return threads
+
+
+def _fits(value, hint) -> bool:
+    """Whether a value read from JSON has the type a dataclass field declares (int, float, bool, str, tuples, None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    return True
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -29,8 +71,18 @@ def _from_dict(cls, data: dict[str, Any]):
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"{cls.__name__} got unknown fields {sorted(unknown)}: the file was written by another version")
+    hints = typing.get_type_hints(cls)
+    for k, v in data.items():
+        if not _fits(v, hints[k]):
+            raise ConfigError(f"{cls.__name__} field {k!r} is {v!r}, expected {getattr(hints[k], '__name__', hints[k])}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ConfigError(f"{type(obj).__name__} field {name!r} must be >= 1, got {getattr(obj, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +110,8 @@ class ModelSpec:
     qk_norm: bool = False  # Qwen3: RMSNorm over each head's query and key before the rotary embedding
 
     def __post_init__(self) -> None:
+        _positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                  "head_dim")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if len(self.rope_inv_freq) * 2 != self.head_dim:
@@ -147,6 +201,11 @@ class AdapterSpec:
     # `draft_vocab`), which makes a draft step cheaper; the deep graph still verifies over the full vocabulary.
     draft_vocab_size: int = 0
 
+    def __post_init__(self) -> None:
+        _positive(self, "hidden_size", "num_heads", "num_kv_heads", "head_dim")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"adapter num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+
     @property
     def kv_groups(self) -> int:
         return self.num_heads // self.num_kv_heads
@@ -199,18 +258,21 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
             raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}: it is the max number of drafts per round")
-        if not 0.0 <= self.tau <= 1.0:
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"tau must lie in [0, 1], got {self.tau!r}: it is a softmax-probability threshold")
-        if self.max_new_tokens < 1:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0.0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}: 0 decodes greedily")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise ConfigError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got "
+                              f"{self.temperature!r}: smaller ones overflow (use 0 for the most likely token)")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0, got {self.top_k!r}: 0 keeps every token")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p!r}: 1 keeps every token")
-        if not isinstance(self.lookup_ngram, int) or self.lookup_ngram < 0:
+        if isinstance(self.lookup_ngram, bool) or not isinstance(self.lookup_ngram, int) or self.lookup_ngram < 0:
             raise ConfigError(f"lookup_ngram must be an integer >= 0, got {self.lookup_ngram!r}: 0 turns prompt lookup off")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -238,8 +300,8 @@ class ExportConfig:
                 raise ConfigError(f"precision {p!r} is not supported (supported: {', '.join(PRECISIONS)})")
         if not self.precisions:
             raise ConfigError("at least one precision is needed, e.g. --precision fp32")
-        if self.max_seq_len < 2:
-            raise ConfigError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
+        if self.max_seq_len < MIN_SEQ_LEN:
+            raise ConfigError(f"max_seq_len must be >= {MIN_SEQ_LEN}, got {self.max_seq_len}: pass a larger --max-seq-len")
         if self.prefill_chunk < 1:
             raise ConfigError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
         if self.tensorrt not in TENSORRT_MODES:

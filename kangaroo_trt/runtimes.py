@@ -10,7 +10,7 @@ import importlib.metadata
 import importlib.util
 from pathlib import Path
 
-from .errors import BackendError
+from .errors import BackendError, EngineDirError
 
 TENSORRT_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
 POLYGRAPHY_HINT = "Polygraphy is not installed: pip install polygraphy (it builds the TensorRT plans)"
@@ -89,4 +89,6 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as err:  # ORT raises its own exception types for corrupt or unloadable graphs
-        raise BackendError(f"ONNX Runtime cannot load {path.name}: {err}: rebuild the engine directory") from err
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise EngineDirError(f"ONNX Runtime cannot load {path.name} ({first}): the graph is corrupt or was changed, "
+                             "rebuild the engine directory") from err

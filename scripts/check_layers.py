@@ -18,9 +18,10 @@ PACKAGE = "kangaroo_trt"
 # Lowest first. A unit may import units of lower layers only (never one of its own layer but another unit).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("config", "bundled", "runtimes", "markdown"),  # typed settings, shipped data, lazy runtime imports, tables
+    # typed settings, shipped data, lazy runtime imports, tables, the chat encoding, user text and output paths
+    ("config", "bundled", "runtimes", "markdown", "chat", "textio", "paths"),
     ("contract",),  # the engine directory's contract: graph specs, manifest, TensorRT profiles and plan records
-    ("model",),  # the export-shaped PyTorch model
+    ("model", "atomic"),  # the export-shaped PyTorch model | locked, fenced, atomic writes of engine directories
     ("export", "engines", "runner"),  # ONNX export + parity | TensorRT plans | backends + decoding loop + API
     ("calib",),  # INT8 calibration (exports graphs, decodes with the runner)
     ("build",),  # builds an engine directory: export, calibration, TensorRT plans, manifest

@@ -149,7 +149,10 @@ def test_stale_or_missing_plans_are_refused(engine, tmp_path):
     plan.parent.mkdir(parents=True)
     try:
         plan.write_bytes(b"not really a plan")
-        assert fresh_plan(out, current, "fp16", "deep") == plan
+        with pytest.raises(EngineDirError, match="no recorded sha256"):  # every file a backend opens is checked
+            fresh_plan(out, current, "fp16", "deep")
+        checked = dataclasses.replace(current, files={**current.files, plan_file("fp16", "deep"): sha256(plan)})
+        assert fresh_plan(out, checked, "fp16", "deep") == plan
         recorded = dataclasses.replace(current, files={**current.files, plan_file("fp16", "deep"): "f" * 64})
         with pytest.raises(EngineDirError, match="sha256"):
             fresh_plan(out, recorded, "fp16", "deep")

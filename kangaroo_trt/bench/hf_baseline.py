@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from time import perf_counter
 
-from ..bundled import resolve_model
 from ..runner.api import GenerationResult, KangarooEngine
 from ..runner.stats import AcceptanceLog, GenerationStats
 
@@ -30,8 +29,11 @@ class TransformersBaseline:
 
     @classmethod
     def for_engine(cls, engine: KangarooEngine, threads: int | None = None) -> "TransformersBaseline":
-        """Load the model the engine was exported from (``manifest.source_model``: bundled name or directory)."""
-        return cls(resolve_model(engine.manifest.source_model), engine.tokenizer, engine.manifest.eos_token_ids, threads)
+        """Load the model the engine was exported from (its recorded weights digest checked)."""
+        from ..runner.backend import EngineRef
+
+        model_dir = EngineRef(engine.directory, engine.manifest, engine.precision).source_model_dir()
+        return cls(model_dir, engine.tokenizer, engine.manifest.eos_token_ids, threads)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
         import torch

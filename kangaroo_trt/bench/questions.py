@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..bundled import default_questions_path
 from ..errors import InputError
+from ..textio import jsonl_lines, read_text
 
 MT_BENCH_CATEGORIES = frozenset(
     {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
@@ -38,12 +39,8 @@ class Question:
 def load_questions(path: str | Path | None = None) -> list[Question]:
     """Read a question file (default: Spec-Bench); a malformed line is an ``InputError`` naming it."""
     path = Path(path) if path is not None else default_questions_path()
-    if not path.is_file():
-        raise InputError(f"question file {path} does not exist: pass a JSONL file with question_id, category, turns")
-    questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            questions.append(_parse(line, f"{path}:{number}"))
+    text = read_text(path, "question file")
+    questions = [_parse(line, f"{path}:{number}") for number, line in jsonl_lines(text)]
     if not questions:
         raise InputError(f"question file {path} holds no questions")
     return questions

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..chat import encode_chat, messages_of
 from ..config import DecodeConfig
 from ..export.onnx_export import export_graph
 from ..contract.spec import GraphSpec
@@ -39,8 +40,7 @@ class Int8Result:
 def encode_prompts(tokenizer, prompts: tuple[str, ...]) -> list[list[int]]:
     """Chat-formatted where the model has a chat template (that is what it will be served), else plain."""
     if tokenizer.chat_template:
-        return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                   tokenize=True, return_dict=False)) for p in prompts]
+        return [encode_chat(tokenizer, messages_of(p)) for p in prompts]
     return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
 
 

@@ -78,10 +78,12 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
     from ..bench.environment import environment
     from ..bench.markdown import terminal_table
     from ..errors import InputError
+    from ..paths import writable_dir
     from ..runner.api import KangarooEngine
 
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    writable_dir(out_dir, "--out")  # now, not after the whole run
     command = _command_line(click.get_current_context())
     questions = select(load_questions(questions_file), _categories(categories), limit)
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)

@@ -1,8 +1,16 @@
-"""What every CLI shares: user errors become one line on stderr and a non-zero exit."""
+"""What every CLI shares: user errors become one line on stderr and a non-zero exit.
+
+Exit status 2 for a user error (a ``KangarooError``, or an ``OSError`` such as a missing or unwritable path or a
+full disk), 130 on Ctrl-C; on SIGTERM the process dies of the signal (143 in a shell) after one line. A signal
+is raised as an exception inside the command first, so the cleanup of a half-written output (``atomic.py``)
+runs before the process exits.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 
 import click
@@ -10,18 +18,54 @@ import click
 from ..errors import KangarooError
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so ``finally`` / ``except BaseException`` cleanup runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError as one actionable line: what failed, on which path."""
+    where = f" {err.filename}" if err.filename is not None else ""
+    also = f" -> {err.filename2}" if getattr(err, "filename2", None) is not None else ""
+    return f"{err.strerror or err}:{where}{also}: check the path, its permissions and the free disk space"
+
+
 def user_errors(fn):
-    """Print a ``KangarooError`` as ``error: <one line>`` and exit 2; anything else keeps its traceback."""
+    """Print a user error as ``error: <one line>`` and exit 2 (130 on Ctrl-C; SIGTERM: cleanup, then the signal);
+    anything else keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread (an embedding application): leave its signals alone
+            previous = None
+        try:
             return fn(*args, **kwargs)
         except KangarooError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            _fail(str(err), 2)
+        except OSError as err:
+            _fail(os_error_line(err), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Terminated:  # cleaned up on the way out; now die of the signal, as a terminated process does
+            click.echo("error: terminated", err=True)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            sys.exit(143)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message held
+    sys.exit(status)
 
 
 def quiet_libraries() -> None:

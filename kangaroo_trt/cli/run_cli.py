@@ -14,7 +14,9 @@ from .common import quiet_libraries, user_errors
 @click.command()
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
 @click.option("--prompt", required=True, help="Prompt text ('-' reads it from standard input).")
-@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template (special tokens typed in it stay text).")
+@click.option("--parse-special-tokens", "parse_special", is_flag=True,
+              help="With --chat: let special tokens typed in the prompt act as control tokens (trusted input only).")
 @click.option("--max-new-tokens", type=int, default=DecodeConfig.max_new_tokens, show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True,
               help="ar: plain decoding on the same graphs (the baseline).")
@@ -38,19 +40,21 @@ from .common import quiet_libraries, user_errors
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
-def main(engine_dir, prompt, chat, max_new_tokens, mode, gamma, tau, lookup_ngram, adaptive_gamma, temperature, top_k,
-         top_p, seed, stop, backend, threads, precision, as_json) -> None:
+def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, tau, lookup_ngram, adaptive_gamma,
+         temperature, top_k, top_p, seed, stop, backend, threads, precision, as_json) -> None:
     """Generate with Kangaroo self-speculative decoding (or plain AR with --mode ar); greedy unless --temperature."""
     quiet_libraries()
     from ..runner.api import KangarooEngine
+    from ..textio import check_text, read_stream
 
-    if prompt == "-":
-        prompt = click.get_text_stream("stdin").read()
+    prompt = read_stream(click.get_binary_stream("stdin"), "standard input") if prompt == "-" else check_text(prompt, "--prompt")
+    stop = tuple(check_text(s, "--stop") for s in stop)
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed,
                                   lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma)
-    stream = engine.stream(prompt, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
+    ids = engine.encode(prompt, chat=True, parse_special=True) if parse_special and chat else None
+    stream = engine.stream(prompt, prompt_ids=ids, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
     for piece in stream:
         click.echo(piece, nl=False)
     result = stream.result

@@ -22,7 +22,9 @@ def pick_device(device: str) -> str:
 def set_threads(threads: int | None) -> None:
     import torch
 
-    if threads:
+    from ..config import check_threads
+
+    if check_threads(threads):
         torch.set_num_threads(threads)
 
 

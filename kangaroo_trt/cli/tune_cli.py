@@ -14,12 +14,13 @@ from .common import quiet_libraries, user_errors
 from .train_cli import pick_device, set_threads, training_options
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+def _numbers(text: str, kind: type, option: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        from ..errors import InputError
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+        raise InputError(f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
 def _joined(values: tuple) -> str:
@@ -59,8 +60,9 @@ def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts,
                                max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, seed=seed)
-    sweep = SweepConfig(exit_layers=_ints(exit_layers), candidate_epochs=candidate_epochs, gammas=_ints(gammas),
-                        taus=_floats(taus), prompts=prompts, max_new_tokens=max_new_tokens, threads=runtime_threads)
+    sweep = SweepConfig(exit_layers=_numbers(exit_layers, int, "--exit-layers"), candidate_epochs=candidate_epochs,
+                        gammas=_numbers(gammas, int, "--gammas"), taus=_numbers(taus, float, "--taus"), prompts=prompts,
+                        max_new_tokens=max_new_tokens, threads=runtime_threads)
     if pick_device(device) != "cpu":
         click.echo("note: training runs on the GPU; the timed engines are ONNX Runtime CPU", err=True)
     with tempfile.TemporaryDirectory(prefix="kangaroo-tune-") as tmp:

@@ -10,6 +10,11 @@ Loaders read the manifest, never file names, and refuse a schema they do not kno
 sha256 differs from the one recorded. Schema 2 made what the backends need typed fields (``source_model``,
 ``adapter_dir``, ``tensorrt``); schema 1 kept them in ``info`` and is still read. Schema 3 renamed each graph's
 ``parity_max_abs_error`` to ``parity`` (int8 graphs record top-1 agreement there, not an error); 2 is still read.
+
+The directory is fenced: every path the manifest names must lie inside it (no absolute paths, no ``..``, no
+symbolic link out of it), and every file a loader opens must have a recorded sha256 that matches
+(``artifact`` / ``verify_files``): a file on disk the manifest does not list is refused, not trusted. Fields are
+type-checked on read, so a hand-edited manifest fails with one line naming the field.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..config import AdapterSpec, DecodeConfig, ModelSpec
-from ..errors import EngineDirError
+from ..config import PRECISIONS, AdapterSpec, DecodeConfig, ModelSpec, check_exit_layer
+from ..errors import EngineDirError, KangarooError
 from .profiles import Profile
 from .spec import GraphSpec
 
@@ -30,6 +36,7 @@ SCHEMA_VERSION = 3  # 3: a graph's "parity" (schema 1 and 2 wrote it as "parity_
 READABLE_SCHEMAS = (1, 2, 3)
 MANIFEST = "manifest.json"
 GRAPHS = ("shallow", "adapter", "deep")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256(path: Path) -> str:
@@ -91,10 +98,13 @@ class Manifest:
     has_chat_template: bool
     graphs: dict[str, dict[str, GraphEntry]]  # precision -> graph name -> entry
     files: dict[str, str]  # relative path -> sha256
-    source_model: str  # what --model named: a bundled name or a local directory (the PyTorch backend rebuilds from it)
+    source_model: str  # a bundled name, or the absolute path of the local directory --model named
     adapter_dir: str | None  # the adapter's weights, relative (None: an engine directory that predates storing them)
     tensorrt: TensorRTRecord | None  # None until plans are built
     info: dict[str, Any]  # provenance only: adapter meta, library versions, opset, INT8 quality report
+    # sha256 over the source model's config and weight files (``model.weights.weights_digest``): a backend that
+    # rebuilds the modules from ``source_model`` refuses other weights. None: built before it was recorded.
+    source_sha256: str | None = None
 
     @property
     def precisions(self) -> list[str]:
@@ -116,6 +126,7 @@ class Manifest:
                            for g, e in gs.items()} for p, gs in self.graphs.items()},
             "files": self.files,
             "source_model": self.source_model,
+            "source_sha256": self.source_sha256,
             "adapter_dir": self.adapter_dir,
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
             "info": self.info,
@@ -127,14 +138,16 @@ class Manifest:
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
         directory = Path(directory)
-        if not directory.is_dir():
+        if not directory.exists():
             raise EngineDirError(f"engine directory {directory} does not exist: build one with kangaroo-export build --out {directory}")
+        if not directory.is_dir():
+            raise EngineDirError(f"engine directory {directory} is not a directory: pass the directory kangaroo-export build wrote")
         path = directory / MANIFEST
         if not path.is_file():
             raise EngineDirError(f"{directory} has no {MANIFEST}: it is not an engine directory (build one with kangaroo-export build)")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise EngineDirError(f"{path} is not valid JSON ({err}): rebuild the engine directory") from err
         version = d.get("schema_version") if isinstance(d, dict) else None
         if version not in READABLE_SCHEMAS:
@@ -147,8 +160,9 @@ class Manifest:
                 info = dict(d.get("info", {}))
                 d = {**d, "source_model": info.pop("source_model"), "adapter_dir": info.pop("adapter_dir", None),
                      "tensorrt": info.pop("tensorrt", None), "info": info}
+            _check_types(d)
             tensorrt = d["tensorrt"]
-            return cls(
+            manifest = cls(
                 model=ModelSpec.from_dict(d["model"]),
                 adapter=AdapterSpec.from_dict(d["adapter"]),
                 exit_layer=d["exit_layer"],
@@ -165,17 +179,116 @@ class Manifest:
                 adapter_dir=d["adapter_dir"],
                 tensorrt=TensorRTRecord.from_dict(tensorrt) if tensorrt else None,
                 info=d.get("info", {}),
+                source_sha256=d.get("source_sha256"),
             )
-        except (KeyError, TypeError) as err:
-            raise EngineDirError(f"{path} is missing or has a malformed field ({err}): rebuild the engine directory") from err
+            manifest._check_consistent()
+        except KangarooError as err:
+            raise EngineDirError(f"{path}: {err}: rebuild the engine directory") from err
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
+            raise EngineDirError(f"{path} is missing or has a malformed field ({type(err).__name__}: {err}): "
+                                 "rebuild the engine directory") from err
+        return manifest
+
+    def _check_consistent(self) -> None:
+        """What the types cannot say: graph sets, cache sizes, exit layer, and that every named path stays inside."""
+        check_exit_layer(self.model, self.exit_layer)
+        for precision, graphs in self.graphs.items():
+            if precision not in PRECISIONS or set(graphs) != set(GRAPHS):
+                raise EngineDirError(f"graphs must map a precision ({', '.join(PRECISIONS)}) to the graphs "
+                                     f"{', '.join(GRAPHS)}, got {precision!r}: {sorted(graphs)}")
+            for entry in graphs.values():
+                fenced(entry.file)
+                if not entry.spec.caches or any(c.shape[2] != self.max_seq_len for c in entry.spec.caches):
+                    raise EngineDirError(f"graph {entry.file} must declare caches of max_seq_len {self.max_seq_len} positions")
+        if not self.graphs:
+            raise EngineDirError("the manifest lists no graphs")
+        for rel, digest in self.files.items():
+            fenced(rel)
+            if not _SHA256.fullmatch(digest):
+                raise EngineDirError(f"files[{rel!r}] is not a sha256 digest")
+        for rel in (self.adapter_dir, *self._plan_paths()):
+            if rel is not None:
+                fenced(rel)
+
+    def _plan_paths(self) -> list[str]:
+        if self.tensorrt is None:
+            return []
+        t = self.tensorrt
+        return [t.timing_cache, t.build_log, *(p for gs in t.plans.values() for e in gs.values() for p in (e.file, e.onnx))]
+
+    def artifact(self, directory: Path, rel: str, verify: bool = True) -> Path:
+        """The file ``rel`` names, inside ``directory``; with ``verify``, it must have a recorded sha256 that matches.
+
+        The one check every loader goes through before it opens a file of an engine directory.
+        """
+        path = inside(directory, rel)
+        if not path.is_file():
+            raise EngineDirError(f"{directory}: {rel} is missing: the engine directory is incomplete, rebuild it")
+        if not verify:
+            return path
+        digest = self.files.get(rel)
+        if digest is None:
+            raise EngineDirError(f"{directory}: {rel} has no recorded sha256 in {MANIFEST}: the file is not part of "
+                                 "the engine directory as built, rebuild it")
+        if sha256(path) != digest:
+            raise EngineDirError(f"{directory}: {rel} does not match its recorded sha256: the file is corrupt or was changed, rebuild it")
+        return path
 
     def verify_files(self, directory: Path, prefixes: tuple[str, ...] = ("",)) -> None:
-        """Check the sha256 of every recorded file under the given relative prefixes."""
-        for rel, digest in self.files.items():
-            if not rel.startswith(prefixes):
-                continue
-            path = directory / rel
-            if not path.is_file():
-                raise EngineDirError(f"{directory}: {rel} is missing: the engine directory is incomplete, rebuild it")
-            if sha256(path) != digest:
-                raise EngineDirError(f"{directory}: {rel} does not match its recorded sha256: the file is corrupt or was changed, rebuild it")
+        """Check every file under the given relative prefixes: the recorded ones exist and match, and no file on disk
+        there is unrecorded (libraries open files beside the ones named, e.g. an ONNX graph's external weights)."""
+        directory = Path(directory)
+        names = {rel for rel in self.files if rel.startswith(prefixes)}
+        for prefix in prefixes:
+            top = inside(directory, prefix or ".")
+            if top.is_dir():
+                names |= {p.relative_to(directory).as_posix() for p in top.rglob("*") if p.is_file() or p.is_symlink()}
+        names.discard(MANIFEST)
+        for rel in sorted(names):
+            self.artifact(directory, rel)
+
+
+def fenced(rel: str) -> str:
+    """A path as the manifest names it: relative, without ``..`` (a lexical check; ``inside`` also resolves links)."""
+    if not isinstance(rel, str) or not rel:
+        raise EngineDirError(f"path {rel!r} must be a non-empty string")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or Path(rel).is_absolute() or ".." in pure.parts or "\\" in rel:
+        raise EngineDirError(f"path {rel!r} points outside the engine directory (absolute or with ..)")
+    return rel
+
+
+def inside(directory: Path, rel: str) -> Path:
+    """``directory / rel`` if it resolves (symbolic links followed) inside ``directory``; EngineDirError otherwise."""
+    fenced(rel)
+    root = Path(directory).resolve()
+    path = (root / rel).resolve()
+    if path != root and root not in path.parents:
+        raise EngineDirError(f"{directory}: {rel} points outside the engine directory (to {path}): rebuild it")
+    return Path(directory) / rel
+
+
+_TYPES = {"exit_layer": int, "max_seq_len": int, "prefill_chunk": int, "max_verify": int, "eos_token_ids": list,
+          "tokenizer": dict, "graphs": dict, "files": dict, "source_model": str, "decode_defaults": dict,
+          "model": dict, "adapter": dict}
+
+
+def _check_types(d: dict) -> None:
+    """Top-level field types (a JSON string where a number belongs is refused, not coerced)."""
+    for name, kind in _TYPES.items():
+        value = d.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise EngineDirError(f"field {name!r} must be {kind.__name__}, got {value!r}"[:300])
+        if kind is int and value < 1:
+            raise EngineDirError(f"field {name!r} must be >= 1, got {value!r}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in d["eos_token_ids"]):
+        raise EngineDirError(f"field 'eos_token_ids' must be a list of token ids, got {d['eos_token_ids']!r}")
+    if not isinstance(d["tokenizer"].get("chat_template"), bool):
+        raise EngineDirError("field 'tokenizer.chat_template' must be true or false")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in d["files"].items()):
+        raise EngineDirError("field 'files' must map relative paths to sha256 digests")
+    for name in ("adapter_dir", "source_sha256"):
+        if d.get(name) is not None and not isinstance(d[name], str):
+            raise EngineDirError(f"field {name!r} must be a string or null, got {d[name]!r}")
+    if d.get("tensorrt") is not None and not isinstance(d["tensorrt"], dict):
+        raise EngineDirError("field 'tensorrt' must be an object or null")

@@ -8,7 +8,8 @@ Layout (beside ``onnx/``)::
 
 The manifest's ``tensorrt.plans[precision][graph]`` (a ``PlanEntry``) holds ``file``, ``onnx`` and ``onnx_sha256``:
 the sha256 of the ONNX file the plan was built from. A plan is used only if that digest equals the ONNX
-file's digest recorded in the manifest *and* on disk, and the plan file's own recorded digest matches.
+file's digest recorded in the manifest *and* on disk, and the plan file has a recorded digest that matches
+(``Manifest.artifact``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EngineDirError
-from .manifest import Manifest, sha256
+from .manifest import Manifest
 
 PLAN_DIR = "trt"
 TIMING_CACHE = f"{PLAN_DIR}/timing.cache"
@@ -36,13 +37,9 @@ def fresh_plan(directory: Path, manifest: Manifest, precision: str, graph: str, 
     onnx_rel = manifest.graphs[precision][graph].file
     if record.onnx != onnx_rel or record.onnx_sha256 != manifest.files.get(onnx_rel):
         raise EngineDirError(f"{directory}: {record.file} was built from another {onnx_rel} (stale plan): {rebuild}")
-    plan = directory / record.file
-    if not plan.is_file():
-        raise EngineDirError(f"{directory}: {record.file} is missing: {rebuild}")
     if verify:
-        if sha256(directory / onnx_rel) != record.onnx_sha256:
-            raise EngineDirError(f"{directory}: {onnx_rel} changed since {record.file} was built (stale plan): {rebuild}")
-        recorded = manifest.files.get(record.file)
-        if recorded is not None and sha256(plan) != recorded:
-            raise EngineDirError(f"{directory}: {record.file} does not match its recorded sha256: {rebuild}")
-    return plan
+        manifest.artifact(directory, onnx_rel)  # the ONNX file as recorded (record.onnx_sha256 is that digest)
+    try:
+        return manifest.artifact(directory, record.file, verify)
+    except EngineDirError as err:
+        raise EngineDirError(f"{err} ({rebuild})") from err

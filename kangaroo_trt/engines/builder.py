@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +31,7 @@ from ..contract.plans import BUILD_LOG, PLAN_DIR, TIMING_CACHE, plan_file
 from ..contract.profiles import profiles
 from ..contract.spec import GraphSpec
 from ..errors import BackendError, ConfigError
+from ..atomic import apply_umask, out_lock, sweep_stale, temp_dir
 from ..runtimes import TENSORRT_HINT, import_polygraphy_trt, import_tensorrt, tensorrt_available
 
 WORKSPACE_BYTES = 4 << 30
@@ -148,8 +148,14 @@ def add_plans(directory: Path, precisions: tuple[str, ...] | None = None, log: C
         raise ConfigError(f"{directory} has no {', '.join(missing)} graphs (it has {', '.join(manifest.precisions)}): "
                           f"rebuild it with kangaroo-export build --precision {','.join(precisions)}")
     import_tensorrt()
+    with out_lock(directory):  # no export --force swaps the directory away meanwhile
+        return _add_plans(directory, manifest, precisions, log)
+
+
+def _add_plans(directory: Path, manifest: Manifest, precisions: tuple[str, ...], log: Callable[[str], None]) -> Manifest:
     manifest.verify_files(directory, tuple(f"onnx/{p}/" for p in precisions))
-    scratch = Path(tempfile.mkdtemp(prefix=".trt.", dir=directory))
+    sweep_stale(directory / PLAN_DIR, log)
+    scratch = temp_dir(directory / PLAN_DIR)
     try:
         for p in precisions:  # the builder reads the ONNX files where they are: link them into the scratch root
             (scratch / "onnx").mkdir(exist_ok=True)
@@ -158,6 +164,7 @@ def add_plans(directory: Path, precisions: tuple[str, ...] | None = None, log: C
             (scratch / PLAN_DIR).mkdir(parents=True, exist_ok=True)
             shutil.copy2(directory / TIMING_CACHE, scratch / TIMING_CACHE)
         record = build_plans(scratch, {p: manifest.graphs[p] for p in precisions}, manifest_export(manifest), log)
+        apply_umask(scratch / PLAN_DIR)
         old = manifest.tensorrt.plans if manifest.tensorrt else {}
         record = dataclasses.replace(record, plans={**{p: v for p, v in old.items() if p not in precisions}, **record.plans})
         files = dict(manifest.files)

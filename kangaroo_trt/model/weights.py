@@ -91,24 +91,52 @@ def _apply(table: dict[str, list[str]], tensors: dict[str, torch.Tensor], expect
     return out
 
 
+def checkpoint_files(directory: Path, what: str = "model") -> list[Path]:
+    """The weight files of a checkpoint directory: its ``*.safetensors``, else its ``pytorch_model*.bin``."""
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
+    if not files:
+        raise WeightsError(f"{what}: no *.safetensors or pytorch_model*.bin in {directory}")
+    return files
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 over a model directory's config.json and weight files (names and contents): what an engine
+    directory records of its source model, so a backend that rebuilds from it can refuse other weights."""
+    import hashlib
+
+    from ..contract.manifest import sha256
+
+    h = hashlib.sha256()
+    for f in [model_dir / "config.json", *checkpoint_files(model_dir)]:
+        h.update(f"{f.name}\0{sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
 def read_checkpoint(directory: Path, what: str) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors or PyTorch checkpoint directory."""
     from safetensors.torch import load_file
 
-    files = sorted(directory.glob("*.safetensors"))
-    if files:
-        loader = load_file
-    else:
-        files = sorted(directory.glob("pytorch_model*.bin"))
-        loader = lambda f: torch.load(f, map_location="cpu", weights_only=True)  # noqa: E731
-    if not files:
-        raise WeightsError(f"{what}: no *.safetensors or pytorch_model*.bin in {directory}")
     tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            tensors.update(loader(f))
-        except Exception as err:  # corrupt file: say which
-            raise WeightsError(f"{what}: cannot read {f.name} ({type(err).__name__}: {err}): re-download or re-save it") from err
+    for f in checkpoint_files(directory, what):
+        tensors.update(load_tensors(f, what))
+    return tensors
+
+
+def load_tensors(f: Path, what: str) -> dict[str, torch.Tensor]:
+    """One safetensors or PyTorch weight file; any failure (missing, corrupt, a pickle holding more than tensors,
+    which ``weights_only`` blocks) is a one-line ``WeightsError``."""
+    from safetensors.torch import load_file
+
+    if not f.is_file():
+        raise WeightsError(f"{what}: {f} is missing")
+    try:
+        tensors = load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or pickled objects other than tensors: say which, never how to unblock
+        reason = "it holds pickled objects other than tensors (refused)" if "weights_only" in str(err) else \
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'unreadable'}"
+        raise WeightsError(f"{what}: cannot read {f.name} ({reason}): re-download or re-save it from a source you trust") from None
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise WeightsError(f"{what}: {f.name} is not a mapping of names to tensors: re-save it as a state dict")
     return tensors
 
 
@@ -134,32 +162,54 @@ class AdapterCheckpoint:
 
 
 def load_adapter(path: Path) -> AdapterCheckpoint:
-    """Read an adapter directory in this project's format or the official Kangaroo format."""
+    """Read an adapter directory in this project's format or the official Kangaroo format; every failure is a
+    one-line ``KangarooError``."""
     path = Path(path)
     if (path / ADAPTER_CONFIG).is_file():
-        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
-        if cfg.get("format") != ADAPTER_FORMAT or cfg.get("version") != ADAPTER_FORMAT_VERSION:
+        try:
+            cfg = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path / ADAPTER_CONFIG} is not valid JSON ({err}): retrain or re-save the adapter") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != ADAPTER_FORMAT or cfg.get("version") != ADAPTER_FORMAT_VERSION:
+            got = cfg if not isinstance(cfg, dict) else f"format {cfg.get('format')!r} v{cfg.get('version')}"
             raise ConfigError(
-                f"{path / ADAPTER_CONFIG} is format {cfg.get('format')!r} v{cfg.get('version')}, expected "
-                f"{ADAPTER_FORMAT!r} v{ADAPTER_FORMAT_VERSION}: retrain or convert the adapter"
+                f"{path / ADAPTER_CONFIG} is {got}, expected {ADAPTER_FORMAT!r} v{ADAPTER_FORMAT_VERSION}: retrain or convert the adapter"
             )
-        from safetensors.torch import load_file
-
-        tensors = load_file(path / ADAPTER_WEIGHTS)
-        return AdapterCheckpoint(AdapterSpec.from_dict(cfg["adapter"]), tensors, cfg.get("exit_layer"), cfg.get("meta", {}))
+        if not isinstance(cfg.get("adapter"), dict):
+            raise ConfigError(f"{path / ADAPTER_CONFIG} has no 'adapter' object (the adapter's geometry): retrain or re-save it")
+        try:
+            spec = AdapterSpec.from_dict(cfg["adapter"])
+        except TypeError as err:
+            raise ConfigError(f"{path / ADAPTER_CONFIG}: 'adapter' is incomplete ({err}): retrain or re-save it") from None
+        if not isinstance(cfg.get("meta", {}), dict) or not isinstance(cfg.get("exit_layer"), (int, type(None))):
+            raise ConfigError(f"{path / ADAPTER_CONFIG}: 'meta' must be an object and 'exit_layer' an integer")
+        tensors = _checked(load_tensors(path / ADAPTER_WEIGHTS, f"adapter {path}"), path)
+        return AdapterCheckpoint(spec, tensors, cfg.get("exit_layer"), cfg.get("meta", {}))
     if (path / "config.json").is_file() and (path / "pytorch_model.bin").is_file():
         hf = load_hf_config(path)
-        if hf.num_hidden_layers != 1:
-            raise ConfigError(f"{path} config has {hf.num_hidden_layers} layers: an official Kangaroo adapter has 1")
-        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-        spec = AdapterSpec(hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads,
-                           head_dim, float(hf.rms_norm_eps), bool(getattr(hf, "attention_bias", False)))
-        tensors = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        if getattr(hf, "num_hidden_layers", None) != 1:
+            raise ConfigError(f"{path} config has {getattr(hf, 'num_hidden_layers', None)} layers: an official Kangaroo adapter has 1")
+        try:
+            head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+            spec = AdapterSpec(hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads,
+                               head_dim, float(hf.rms_norm_eps), bool(getattr(hf, "attention_bias", False)))
+        except (AttributeError, TypeError, ZeroDivisionError) as err:
+            raise ConfigError(f"{path / 'config.json'} is not a Llama attention config ({err})") from None
+        tensors = _checked(load_tensors(path / "pytorch_model.bin", f"adapter {path}"), path)
         return AdapterCheckpoint(spec, tensors, None, {"source": "official"})
     raise ConfigError(
         f"{path} is not an adapter directory: expected {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS} "
         "(kangaroo-trt) or config.json + pytorch_model.bin (official Kangaroo)"
     )
+
+
+def _checked(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Weights are floating point (only ``draft_vocab``, the draft head's token ids, is integer)."""
+    for name, t in tensors.items():
+        if not _IGNORABLE.search(name) and name.endswith("draft_vocab") != (not t.is_floating_point()):
+            kind = "integer token ids" if name.endswith("draft_vocab") else "floating-point weights"
+            raise WeightsError(f"adapter {path}: {name} has dtype {t.dtype}, expected {kind}: re-save the adapter")
+    return tensors
 
 
 def save_adapter(modules: KangarooModules, path: Path, meta: dict[str, Any] | None = None) -> None:

@@ -22,8 +22,11 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any, Sequence
 
-from ..config import MODES, DecodeConfig
-from ..contract.manifest import Manifest
+import numpy as np
+
+from ..chat import encode_chat, messages_of
+from ..config import MODES, DecodeConfig, check_threads
+from ..contract.manifest import Manifest, inside
 from ..errors import ConfigError, InputError
 from .backend import EngineRef
 from .backends import open_backend
@@ -61,9 +64,8 @@ class KangarooEngine:
     def open(cls, directory: str | Path, backend: str = "auto", precision: str | None = None,
              verify: bool = True, threads: int | None = None) -> "KangarooEngine":
         """Load an engine directory; ``verify`` checks the sha256 of the files it loads."""
-        from transformers import AutoTokenizer
-
         directory = Path(directory)
+        check_threads(threads)
         manifest = Manifest.read(directory)
         precision = precision or manifest.precisions[0]
         if precision not in manifest.graphs:
@@ -71,7 +73,9 @@ class KangarooEngine:
                               f"rebuild with --precision {precision}")
         if verify:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
+
+        tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
                    precision, tokenizer)
 
@@ -95,13 +99,28 @@ class KangarooEngine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def encode(self, prompt: str, chat: bool) -> list[int]:
+    def encode(self, prompt: str | list[dict], chat: bool, parse_special: bool = False) -> list[int]:
+        """Prompt token ids. ``chat``: under the chat template, message text as text (``kangaroo_trt/chat.py``);
+        ``parse_special=True`` lets special tokens typed in messages act as control tokens (pass the ids as
+        ``prompt_ids``). Without ``chat`` the prompt is raw model input, special tokens included."""
         if not chat:
+            if not isinstance(prompt, str):
+                raise InputError("a list of chat messages needs chat=True (--chat)")
             return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         if not self.manifest.has_chat_template:
             raise InputError("this model's tokenizer has no chat template: run without --chat")
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return encode_chat(self.tokenizer, messages_of(prompt), parse_special=parse_special)
+
+    def check_prompt_ids(self, prompt_ids) -> list[int]:
+        """Token ids as given: a non-empty list of integers below the vocabulary size (negatives do not wrap)."""
+        vocab = self.manifest.model.vocab_size
+        ids = list(prompt_ids)
+        bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab), None)
+        if not ids:
+            raise InputError("prompt is empty: prompt_ids must hold at least one token id")
+        if bad is not None:
+            raise InputError(f"prompt_ids must be token ids in [0, {vocab}), got {bad!r}: encode text with engine.encode")
+        return [int(i) for i in ids]
 
     def decode_config(self, gamma: int | None = None, tau: float | None = None, **overrides) -> DecodeConfig:
         """A validated ``DecodeConfig``: the manifest's gamma / tau unless given, ``overrides`` for any other field
@@ -129,7 +148,8 @@ class KangarooEngine:
                record_margins: bool = False, text: bool = True) -> Stream:
         """Yield text pieces as tokens are committed (``text=False``: yield nothing); ``.result`` holds the result.
 
-        ``prompt`` is text (chat messages with ``chat=True``), or pass ``prompt_ids``. ``config``: the decoding
+        ``prompt`` is text (chat messages with ``chat=True``; special tokens typed in them stay text, see
+        ``encode``), or pass ``prompt_ids`` (checked against the vocabulary). ``config``: the decoding
         settings (``engine.decode_config(...)``; None: its defaults): greedy unless its temperature > 0, then
         lossless speculative sampling (``runner/verify.py``). ``stop``: stop strings (``runner/stops.py``).
         ``record_margins`` keeps the target's top-1 minus top-2 logit per token.
@@ -145,7 +165,7 @@ class KangarooEngine:
             if prompt is None:
                 raise InputError("give a prompt or prompt_ids")
             prompt_ids = self.encode(prompt, chat)
-        return Stream(self._run(list(prompt_ids), mode, config, record_margins, text, StopStrings(stop)))
+        return Stream(self._run(self.check_prompt_ids(prompt_ids), mode, config, record_margins, text, StopStrings(stop)))
 
     def astream(self, prompt: str | list[dict] | None = None, **options) -> AsyncStream:
         """``stream`` for asyncio services (same arguments): ``async for piece in engine.astream(...)``.

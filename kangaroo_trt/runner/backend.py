@@ -22,7 +22,7 @@ import numpy as np
 
 from ..contract.manifest import Manifest
 from ..contract.spec import GraphSpec
-from ..errors import InputError
+from ..errors import BackendError, EngineDirError, InputError
 
 
 def prefix_view(buffer, shape: tuple[int, ...]):
@@ -53,8 +53,33 @@ class EngineRef:
     precision: str
 
     def graphs(self) -> dict[str, tuple[Path, GraphSpec]]:
-        """graph name -> (ONNX path, I/O contract)."""
-        return {g: (self.directory / e.file, e.spec) for g, e in self.manifest.graphs[self.precision].items()}
+        """graph name -> (ONNX path, I/O contract); paths fenced inside the directory (``Manifest.artifact``; their
+        digests are checked when the engine is opened, ``KangarooEngine.open``)."""
+        return {g: (self.manifest.artifact(self.directory, e.file, verify=False), e.spec)
+                for g, e in self.manifest.graphs[self.precision].items()}
+
+    def source_model_dir(self) -> Path:
+        """The model the engine was built from (for backends that rebuild the modules), refusing other weights.
+
+        ``source_model`` is a bundled name or an absolute directory; its config and weight files must have the
+        digest recorded at export (``source_sha256``), whatever the current directory.
+        """
+        from ..bundled import resolve_model
+        from ..model.weights import weights_digest
+
+        recorded = self.manifest.source_sha256
+        if recorded is None:
+            raise EngineDirError(f"{self.directory} does not record a digest of its source model (built by an older "
+                                 "kangaroo-trt): rebuild it with kangaroo-export build to rebuild its modules from the model")
+        try:
+            model_dir = resolve_model(self.manifest.source_model)
+        except Exception as err:  # a moved local directory, or a bundled package that is not installed
+            raise BackendError(f"the source model {self.manifest.source_model!r} the engine was built from is not "
+                               f"available ({err}): install or restore it, or use another --backend") from err
+        if weights_digest(model_dir) != recorded:
+            raise EngineDirError(f"{model_dir} no longer holds the weights {self.directory} was built from (sha256 "
+                                 "differs): restore that model or rebuild the engine directory")
+        return model_dir
 
 
 def cache_buffers(spec: GraphSpec, zeros: Callable[[tuple[int, ...], str], Any]) -> dict:

@@ -2,7 +2,8 @@
 
 "auto" tries, in order, TensorRT > ONNX Runtime CUDA > PyTorch CUDA > ONNX Runtime CPU, and takes the first
 that is installed and can serve these graphs (a backend that cannot, e.g. TensorRT without plans for this
-precision or PyTorch for int8, raises ``BackendError`` and the next one is tried). ``torch-cpu`` (the
+precision or PyTorch for int8, raises ``BackendError`` and the next one is tried). A broken engine directory
+(``EngineDirError``, e.g. a corrupt graph) is reported as it is, never as a missing runtime. ``torch-cpu`` (the
 numerical reference) is never chosen automatically. Naming a backend forces it; its error is shown as is.
 """
 
@@ -30,8 +31,9 @@ def open_backend(name: str, engine: EngineRef, threads: int | None = None) -> Ba
                 return cls.open(engine, threads)
             except BackendError as err:
                 reasons.append(f"{candidate}: {err}")
-        raise BackendError("no backend can run these graphs (" + "; ".join(reasons or ["none installed"]) +
-                           "): pip install onnxruntime")
+        if not reasons:
+            raise BackendError("no backend is installed: pip install onnxruntime")
+        raise BackendError("no backend can run these graphs (" + "; ".join(reasons) + ")")
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}: choose auto or one of {', '.join(BACKENDS)}")
     cls = BACKENDS[name]

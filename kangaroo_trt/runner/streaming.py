@@ -21,7 +21,9 @@ class Stream:
         self.result: Any = None  # the GenerationResult, once exhausted
 
     def __iter__(self) -> Iterator[str]:
-        self.result = yield from self._pieces
+        """The pieces; iterating a finished stream again yields nothing and keeps its ``result``."""
+        if self.result is None:
+            self.result = yield from self._pieces
 
     def close(self) -> None:
         """Stop generating (if it has not finished) and free the engine."""

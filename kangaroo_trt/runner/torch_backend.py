@@ -2,8 +2,9 @@
 
 It is the numerical reference for the runtime backends and the GPU path wherever TensorRT is absent. The
 modules are rebuilt from the engine directory's recorded source model (``manifest.source_model``: a
-bundled name or a local Hugging Face directory) and its stored adapter (``manifest.adapter_dir``), and must
-match the manifest's model spec. fp32 and fp16 graphs only: the INT8 graphs exist as Q/DQ ONNX and run on
+bundled name or an absolute local Hugging Face directory, whose weights must have the recorded digest,
+``EngineRef.source_model_dir``) and its stored adapter (``manifest.adapter_dir``), and must match the
+manifest's model spec. fp32 and fp16 graphs only: the INT8 graphs exist as Q/DQ ONNX and run on
 ONNX Runtime or TensorRT.
 
 Per graph (``TorchGraphRunner``), everything a call touches is allocated once: the caches
@@ -93,7 +94,6 @@ def rebuild_modules(ref: EngineRef):
     """The engine's KangarooModules at its precision, from the source model + the stored adapter."""
     import torch
 
-    from ..bundled import resolve_model
     from ..model.weights import build_modules, load_adapter
 
     manifest = ref.manifest
@@ -104,11 +104,7 @@ def rebuild_modules(ref: EngineRef):
         raise EngineDirError(f"{ref.directory} does not store its adapter (built by an older kangaroo-trt): "
                              "rebuild it with kangaroo-export build to use the PyTorch backend")
     manifest.verify_files(ref.directory, (manifest.adapter_dir + "/",))
-    try:
-        model_dir = resolve_model(manifest.source_model)
-    except Exception as err:  # a moved local directory, or a bundled package that is not installed
-        raise BackendError(f"the PyTorch backend needs the source model {manifest.source_model!r} the engine was "
-                           f"built from ({err}): install or restore it, or use another --backend") from err
+    model_dir = ref.source_model_dir()
     modules = build_modules(model_dir, load_adapter(ref.directory / manifest.adapter_dir), manifest.exit_layer,
                             verify_rows=ref.graphs()["deep"][1].head_rows)  # as exported
     if modules.model_spec != manifest.model:

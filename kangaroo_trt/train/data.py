@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
+from ..textio import jsonl_lines, read_text
 
 
 class DataError(InputError):
@@ -96,9 +97,7 @@ def example_from_record(obj, where: str) -> Example | None:
 
 
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[object, str]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         where = f"{path}:{number}"
         try:
             yield json.loads(line), where
@@ -130,9 +129,7 @@ def read_examples(path: Path, skip_bad: bool = False, exclude: "BenchmarkFilter 
                   warn=print) -> list[Example]:
     """All usable Examples of ``path``; bad lines raise ``DataError`` unless ``skip_bad`` (then they are counted)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "data file")
     records = _array_records(path, text) if text.lstrip().startswith("[") else _jsonl_records(path, text)
     examples, skipped, excluded = [], 0, 0
     for obj, where in records:
@@ -176,9 +173,7 @@ class BenchmarkFilter:
         """Question files in Spec-Bench / MT-Bench format (``turns``) or any of the formats above."""
         prompts: list[str] = []
         for path in paths:
-            for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
+            for number, line in jsonl_lines(read_text(path, "question file")):
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..chat import encode_chat
 from ..errors import ConfigError
 from .data import Example
 
@@ -69,8 +70,7 @@ class Teacher:
             return self.tokenizer(example.response, add_special_tokens=True)["input_ids"][:1]
         if not self.tokenizer.chat_template:
             raise ConfigError("the model's tokenizer has no chat template: give plain {\"text\": ...} records")
-        return list(self.tokenizer.apply_chat_template(example.messages(), add_generation_prompt=True,
-                                                       tokenize=True, return_dict=False))
+        return encode_chat(self.tokenizer, example.messages())
 
     def response_ids(self, example: Example, max_new_tokens: int) -> list[int]:
         if not example.chat:
