@@ -114,8 +114,6 @@ def weights_digest(model_dir: Path) -> str:
 
 def read_checkpoint(directory: Path, what: str) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors or PyTorch checkpoint directory."""
-    from safetensors.torch import load_file
-
     tensors: dict[str, torch.Tensor] = {}
     for f in checkpoint_files(directory, what):
         tensors.update(load_tensors(f, what))

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
 from ..runner.api import KangarooEngine
 
 if TYPE_CHECKING:
@@ -45,10 +44,7 @@ class Worker:
     def encode(self, prompt: str | list[dict] | list[int], chat: bool) -> list[int]:
         """Token ids of a prompt: text, chat messages (the engine's chat encoding) or ids (checked against the vocabulary)."""
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            vocab = self.engine.manifest.model.vocab_size
-            if not prompt or not all(0 <= t < vocab for t in prompt):
-                raise InputError(f"prompt token ids must be a non-empty list of ids in [0, {vocab})")
-            return list(prompt)
+            return self.engine.check_prompt_ids(prompt)
         return self.engine.encode(prompt, chat)
 
     def stream(self, prompt_ids: list[int], mode: str, sampling: Sampling) -> "AsyncStream":
