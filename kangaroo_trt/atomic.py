@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ConfigError, EngineDirError
+from .interrupts import raise_if_interrupted
 from .contract.manifest import MANIFEST, Manifest
 
 TMP_TAG = "kangaroo-tmp"  # temporary directories: .<out name>.kangaroo-tmp-<pid>-<random>
@@ -122,6 +123,7 @@ def apply_umask(root: Path) -> None:
 
 def swap_in(tmp: Path, out: Path, existed: bool, force: bool) -> None:
     """Rename the finished ``tmp`` to ``out``, re-checking ``out`` first: whatever appeared there meanwhile is kept."""
+    raise_if_interrupted()  # never put an output in place after Ctrl-C / SIGTERM, even one a finalizer swallowed
     appeared = ConfigError(f"{out} appeared while the export ran: left it as it is and wrote nothing; "
                            "choose another --out (or remove it and export again)")
     if not existed:

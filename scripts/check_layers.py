@@ -19,7 +19,7 @@ PACKAGE = "kangaroo_trt"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     # typed settings, shipped data, lazy runtime imports, tables, the chat encoding, user text and output paths
-    ("config", "bundled", "runtimes", "markdown", "chat", "textio", "paths"),
+    ("config", "bundled", "runtimes", "markdown", "chat", "textio", "paths", "interrupts"),
     ("contract",),  # the engine directory's contract: graph specs, manifest, TensorRT profiles and plan records
     ("model", "atomic"),  # the export-shaped PyTorch model | locked, fenced, atomic writes of engine directories
     ("export", "engines", "runner"),  # ONNX export + parity | TensorRT plans | backends + decoding loop + API

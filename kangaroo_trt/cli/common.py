@@ -3,7 +3,7 @@
 Exit status 2 for a user error (a ``KangarooError``, or an ``OSError`` such as a missing or unwritable path or a
 full disk), 130 on Ctrl-C; on SIGTERM the process dies of the signal (143 in a shell) after one line. A signal
 is raised as an exception inside the command first, so the cleanup of a half-written output (``atomic.py``)
-runs before the process exits.
+runs before the process exits (``interrupts.py``: a signal is never lost, even one raised inside a finalizer).
 """
 
 from __future__ import annotations
@@ -16,14 +16,7 @@ import sys
 import click
 
 from ..errors import KangarooError
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the process is, so ``finally`` / ``except BaseException`` cleanup runs."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+from ..interrupts import Terminated, raise_if_interrupted, signals_as_exceptions
 
 
 def os_error_line(err: OSError) -> str:
@@ -40,11 +33,10 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            previous = signal.signal(signal.SIGTERM, _terminate)
-        except ValueError:  # not the main thread (an embedding application): leave its signals alone
-            previous = None
-        try:
-            return fn(*args, **kwargs)
+            with signals_as_exceptions():
+                result = fn(*args, **kwargs)
+                raise_if_interrupted()  # a signal swallowed inside a finalizer still ends the command
+            return result
         except KangarooError as err:
             _fail(str(err), 2)
         except OSError as err:
@@ -56,9 +48,6 @@ def user_errors(fn):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             sys.exit(143)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

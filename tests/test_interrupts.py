@@ -1,0 +1,57 @@
+"""A Ctrl-C or SIGTERM that Python swallows inside a finalizer still stops the command and its export."""
+
+from __future__ import annotations
+
+import gc
+import signal
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from kangaroo_trt.atomic import swap_in
+from kangaroo_trt.cli.common import user_errors
+from kangaroo_trt.interrupts import raise_if_interrupted, signals_as_exceptions
+
+
+class SignalInFinalizer:
+    """Delivers ``sig`` while the garbage collector runs ``__del__``: Python prints the handler's exception as
+    "ignored" and goes on."""
+
+    def __init__(self, sig: int) -> None:
+        self.sig = sig
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.sig)
+
+
+def swallow(sig: int) -> None:
+    SignalInFinalizer(sig)  # unreferenced at once: __del__ runs here
+    gc.collect()
+
+
+def test_a_signal_swallowed_in_a_finalizer_is_raised_again(tmp_path):
+    with signals_as_exceptions():
+        swallow(signal.SIGINT)  # no exception reaches this frame ...
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()  # ... but the signal was recorded
+        tmp, out = tmp_path / "tmp", tmp_path / "out"
+        tmp.mkdir()
+        with pytest.raises(KeyboardInterrupt):
+            swap_in(tmp, out, existed=False, force=False)  # an export never puts its output in place after it
+        assert not out.exists() and tmp.exists()
+    raise_if_interrupted()  # outside the block nothing is pending
+
+
+def test_a_command_that_swallowed_ctrl_c_exits_130():
+    """(SIGTERM takes the same path, then the wrapper kills the process with it: checked in a subprocess by
+    test_bad_inputs.py.)"""
+
+    @click.command()
+    @user_errors
+    def command() -> None:
+        swallow(signal.SIGINT)
+
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == "error: interrupted"
