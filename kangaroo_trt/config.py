@@ -254,6 +254,10 @@ class DecodeConfig:
     # the tokens that followed are the round's drafts instead of the adapter's; 0 turns it off.
     lookup_ngram: int = 2
     adaptive_gamma: bool = True  # adapter drafts per round: one more after a fully accepted round, one fewer otherwise
+    # A round whose first adapter draft has a confidence below draft_floor verifies no draft (a plain step): the
+    # paper verifies the first draft whatever its confidence (0.0); a draft that is likely rejected costs a
+    # shallow pass and a wider deep pass for nothing.
+    draft_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
@@ -271,6 +275,8 @@ class DecodeConfig:
             raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p!r}: 1 keeps every token")
         if isinstance(self.lookup_ngram, bool) or not isinstance(self.lookup_ngram, int) or self.lookup_ngram < 0:
             raise ConfigError(f"lookup_ngram must be an integer >= 0, got {self.lookup_ngram!r}: 0 turns prompt lookup off")
+        if isinstance(self.draft_floor, bool) or not isinstance(self.draft_floor, (int, float)) or not 0.0 <= self.draft_floor <= 1.0:
+            raise ConfigError(f"draft_floor must lie in [0, 1], got {self.draft_floor!r}: it is a softmax-probability threshold")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 

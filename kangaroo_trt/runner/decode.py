@@ -159,7 +159,7 @@ class Decoder:
         t = perf_counter()  # taken before the shallow pass, so that it counts as verify time, not as "other"
         return self._verify(state, self._shallow(state.context[-1:], state.p), [], t)
 
-    def kangaroo_round(self, state: State, gamma: int, tau: float) -> Round:
+    def kangaroo_round(self, state: State, gamma: int, tau: float, floor: float = 0.0) -> Round:
         """Draft with double early exiting, verify in one deep pass, accept the longest matching prefix."""
         t, p = perf_counter(), state.p
         # First early exit: layers[0:l] run once per token; their KV rows are kept, never recomputed.
@@ -171,6 +171,8 @@ class Decoder:
                 break
             pending = np.concatenate(state.unseen + exits[:1], axis=1) if j == 0 else exits[j]  # catch up first
             draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
+            if j == 0 and confidence < floor:  # not worth verifying: this round is a plain step
+                return self._verify(state, exits[0], [], t, adapter_read=1)
             drafts.append(draft)
             exits.append(self._shallow([draft], p + j + 1))
         return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
@@ -220,8 +222,8 @@ class Decoder:
             if copied := lookup_drafts(state.context, config.lookup_ngram, room):  # the context repeats itself
                 step = self.lookup_round(state, copied)
             elif room >= 1:
-                step = self.kangaroo_round(state, min(state.gamma, room), config.tau)
-                if config.adaptive_gamma:
+                step = self.kangaroo_round(state, min(state.gamma, room), config.tau, config.draft_floor)
+                if config.adaptive_gamma and step.drafts:  # a round that verified no draft says nothing of gamma
                     state.gamma = next_gamma(state.gamma, step, config.gamma)
             else:  # plain step (also Kangaroo's last token, where a draft could not be committed)
                 step = self.ar_step(state)
