@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..config import DecodeConfig
-from .common import quiet_libraries, user_errors
+from .common import drafting_options, quiet_libraries, user_errors
 
 QUICK = "--limit 2 --max-new-tokens 64"  # every category, a few minutes on 2 CPU cores
 
@@ -50,11 +50,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Per turn (Spec-Bench: 1024).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
-@click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
-              help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or more "
-                   "tokens, else the adapter's drafts; 0 turns it off.")
-@click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
-              help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma).")
+@drafting_options
 @click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy, with the equality check. Above 0: both modes sample (no token-for-token check).")
 @click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sampling: the k most likely tokens (0: all).")
@@ -69,7 +65,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
 def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, lookup_ngram, adaptive_gamma,
-         temperature, top_k, top_p, seed, backend, precision, threads, hf_baseline, no_warmup, out_dir) -> None:
+         draft_floor, temperature, top_k, top_p, seed, backend, precision, threads, hf_baseline, no_warmup, out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
     from tqdm import tqdm
@@ -95,7 +91,7 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
     decode = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, lookup_ngram=lookup_ngram,
-                                  adaptive_gamma=adaptive_gamma)  # a bad --gamma fails here, before the progress bar
+                                  adaptive_gamma=adaptive_gamma, draft_floor=draft_floor)  # a bad --gamma fails here, before the progress bar
     config = BenchConfig(decode, warmup=not no_warmup)
     matched = [0, 0]
     with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:

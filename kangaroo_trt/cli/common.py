@@ -19,6 +19,25 @@ from ..errors import KangarooError
 from ..interrupts import Terminated, raise_if_interrupted, signals_as_exceptions
 
 
+def drafting_options(command):
+    """The drafting fields of ``DecodeConfig`` as options (kangaroo-run and kangaroo-bench), defaults from the dataclass."""
+    from ..config import DecodeConfig
+
+    options = [
+        click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
+                     help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or "
+                          "more tokens, else the adapter's drafts; 0 turns it off."),
+        click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
+                     help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma)."),
+        click.option("--draft-floor", type=float, default=DecodeConfig.draft_floor, show_default=True,
+                     help="Verify no draft in a round whose first adapter draft is less confident than this (0: always "
+                          "verify it, as the paper does)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def os_error_line(err: OSError) -> str:
     """An OSError as one actionable line: what failed, on which path."""
     where = f" {err.filename}" if err.filename is not None else ""

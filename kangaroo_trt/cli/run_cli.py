@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import MODES, DecodeConfig
-from .common import quiet_libraries, user_errors
+from .common import drafting_options, quiet_libraries, user_errors
 
 
 @click.command()
@@ -22,11 +22,7 @@ from .common import quiet_libraries, user_errors
               help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
 @click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
-@click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
-              help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or more "
-                   "tokens, else the adapter's drafts; 0 turns it off.")
-@click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
-              help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma).")
+@drafting_options
 @click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy (equal to plain greedy decoding). Above 0: sample, losslessly (same distribution as plain sampling).")
 @click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sample among the k most likely tokens (0: all).")
@@ -41,7 +37,7 @@ from .common import quiet_libraries, user_errors
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
 def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, tau, lookup_ngram, adaptive_gamma,
-         temperature, top_k, top_p, seed, stop, backend, threads, precision, as_json) -> None:
+         draft_floor, temperature, top_k, top_p, seed, stop, backend, threads, precision, as_json) -> None:
     """Generate with Kangaroo self-speculative decoding (or plain AR with --mode ar); greedy unless --temperature."""
     quiet_libraries()
     from ..runner.api import KangarooEngine
@@ -52,7 +48,7 @@ def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, t
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed,
-                                  lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma)
+                                  lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma, draft_floor=draft_floor)
     ids = engine.encode(prompt, chat=True, parse_special=True) if parse_special and chat else None
     stream = engine.stream(prompt, prompt_ids=ids, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
     for piece in stream:
