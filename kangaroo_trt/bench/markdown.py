@@ -11,6 +11,15 @@ def _num(value, fmt: str = "{:.2f}", missing: str = "n/a") -> str:
     return missing if value is None else fmt.format(value)
 
 
+def drafting_summary(settings: dict[str, Any]) -> str:
+    """Prompt lookup, adaptive gamma and the draft floor as the run used them (older reports: not recorded)."""
+    if "lookup_ngram" not in settings:
+        return "drafting options not recorded"
+    lookup = settings["lookup_ngram"]
+    return (f"prompt lookup {f'from {lookup}-grams' if lookup else 'off'}, "
+            f"{'adaptive' if settings['adaptive_gamma'] else 'fixed'} gamma, draft floor {settings['draft_floor']}")
+
+
 def _adapter_note(report: dict[str, Any]) -> str | None:
     adapter = report["engine"].get("adapter") or {}
     if adapter.get("source") == "random":
@@ -114,8 +123,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         ["engine", f"`{e['directory']}`: exit layer {e['exit_layer']}, cache {e['max_seq_len']} positions"],
         ["adapter", adapter_summary(e["adapter"]) +
          (f" (adapter.safetensors sha256 `{e['adapter_sha256'][:16]}`)" if e.get("adapter_sha256") else "")],
-        ["decoding", f"greedy, batch 1, gamma {gamma}, tau {st['tau']}, max {st['max_new_tokens']} new tokens, "
-                     f"prompts: {st['prompt_format']}"],
+        ["decoding", f"greedy, batch 1, gamma {gamma}, tau {st['tau']}, {drafting_summary(st)}, "
+                     f"max {st['max_new_tokens']} new tokens, prompts: {st['prompt_format']}"],
         ["questions", f"{st.get('questions', 'n/a')}; categories {', '.join(st.get('categories') or ['all'])}, "
                       f"limit {st.get('limit') or 'none'} per category"],
         ["protocol", "warm-up run per method, then per turn both methods on the same prompt, order alternating; "
