@@ -30,7 +30,8 @@ def encode_chat(tokenizer, messages: list[dict[str, Any]], *, parse_special: boo
                 add_generation_prompt: bool = True) -> list[int]:
     """Token ids of ``messages`` under the tokenizer's chat template; message text is text unless ``parse_special``."""
     if not tokenizer.chat_template:
-        raise InputError("this model's tokenizer has no chat template: encode the prompt as plain text (no --chat)")
+        raise InputError("this model's tokenizer has no chat template: send the prompt as plain text (no --chat; over "
+                         "HTTP, /v1/completions)")
     specials = _special_strings(tokenizer)
     if parse_special or not any(s in m.get("content", "") for m in messages if isinstance(m.get("content"), str)
                                 for s in specials):

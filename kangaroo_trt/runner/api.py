@@ -107,8 +107,6 @@ class KangarooEngine:
             if not isinstance(prompt, str):
                 raise InputError("a list of chat messages needs chat=True (--chat)")
             return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if not self.manifest.has_chat_template:
-            raise InputError("this model's tokenizer has no chat template: send plain text (no --chat, or /v1/completions)")
         return encode_chat(self.tokenizer, messages_of(prompt), parse_special=parse_special)
 
     def check_prompt_ids(self, prompt_ids) -> list[int]:
