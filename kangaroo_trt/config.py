@@ -200,9 +200,15 @@ class AdapterSpec:
     # 0: the draft head is the target's full LM head. K > 0: it keeps only K rows (the tokens in the adapter's
     # `draft_vocab`), which makes a draft step cheaper; the deep graph still verifies over the full vocabulary.
     draft_vocab_size: int = 0
+    # 0: the paper's adapter (attention only). M > 0: this project's variant adds the block's MLP (SwiGLU of inner
+    # size M, with its own RMSNorm) after the attention; it runs only on the rows whose draft is read.
+    mlp_size: int = 0
+    mlp_bias: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "hidden_size", "num_heads", "num_kv_heads", "head_dim")
+        if self.mlp_size < 0:
+            raise ConfigError(f"adapter mlp_size must be >= 0 (0: no MLP), got {self.mlp_size}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"adapter num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
 
@@ -211,11 +217,13 @@ class AdapterSpec:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def like(cls, model: ModelSpec) -> "AdapterSpec":
+    def like(cls, model: ModelSpec, mlp: bool = False) -> "AdapterSpec":
         """The paper's choice: the adapter's attention has the target model's geometry (and its q/k/v bias and
-        q/k norms, so it can start as a copy of a target layer's attention)."""
+        q/k norms, so it can start as a copy of a target layer's attention). ``mlp``: add an MLP of the target's
+        geometry too (a whole decoder block, so it can start as a copy of one)."""
         return cls(model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.rms_norm_eps,
-                   model.attention_bias, model.qk_norm)
+                   model.attention_bias, model.qk_norm, mlp_size=model.intermediate_size if mlp else 0,
+                   mlp_bias=model.mlp_bias if mlp else False)
 
     def check_fits(self, model: ModelSpec) -> None:
         if self.hidden_size != model.hidden_size:

@@ -169,3 +169,27 @@ def test_restricted_draft_vocabulary_stays_lossless(tiny_model, tmp_path):
     finally:
         decoder._adapter = original
     assert draft_ids and draft_ids <= top, "drafts must come from the restricted vocabulary"
+
+
+@pytest.mark.parametrize("name", ["qwen2-bias-gqa", "llama-gqa-tied"])
+def test_mlp_adapter_variant_stays_lossless(tiny_model, tmp_path, name):
+    """The MLP variant of the adapter (this project's, AdapterSpec.mlp_size) exports, passes the build's parity
+    check against PyTorch, keeps its cache in step, and Kangaroo with it equals AR."""
+    import onnx
+
+    directory = tiny_model(name)
+    spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)), mlp=True)
+    assert spec.mlp_size == 128  # the tiny models' intermediate size
+    engine = _engine(directory, tmp_path / "mlp", random_adapter(spec, seed=4, std=0.2))
+    assert engine.manifest.adapter.mlp_size == spec.mlp_size
+    adapter_graph = onnx.load(tmp_path / "mlp" / engine.manifest.graphs["fp32"]["adapter"].file, load_external_data=False)
+    assert any("/mlp/" in node.name for node in adapter_graph.graph.node), "the adapter graph has no MLP"
+    ties = NearTies()
+    for prompt in _prompts(engine.manifest.model.vocab_size):
+        ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=24))
+        for gamma, tau in ((1, 0.0), (4, 0.0), (6, 0.6)):
+            config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=24, lookup_ngram=0)
+            ties.check(ar, engine.generate(prompt_ids=prompt, mode="kangaroo", config=config), f"mlp adapter g{gamma} t{tau}")
+    kg = engine.generate(prompt_ids=_prompts(engine.manifest.model.vocab_size)[2], mode="kangaroo",
+                         config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=30, lookup_ngram=0))
+    assert_adapter_cache_in_step(engine.decoder, _prompts(engine.manifest.model.vocab_size)[2] + kg.output_ids, at_least=30)

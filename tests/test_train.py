@@ -224,3 +224,59 @@ def test_copy_init_mirrors_bias_and_qk_norm(tiny_model, name):
     assert any(k.endswith(("bias", "_norm.weight")) for k in own)
     for key, value in own.items():
         assert torch.equal(value, source[key]), key
+
+
+def test_mlp_variant_trains_copies_and_round_trips(chat_model, features, tmp_path):
+    """--adapter-mlp: the adapter starts as target layer exit_layer's whole block, learns, and is saved with its
+    MLP in the adapter's config and weights."""
+    from kangaroo_trt.model.weights import build_modules, load_adapter, save_adapter
+
+    fresh = build_modules(chat_model, _mlp_adapter(chat_model), 2)
+    trainer_module.init_adapter(fresh, "copy", 0)
+    own, source = fresh.adapter.layers["0"], fresh.deep.layers["2"]
+    for key, value in own.mlp.state_dict().items():
+        assert torch.equal(value, source.mlp.state_dict()[key]), key
+    assert torch.equal(own.post_attention_layernorm.weight, source.post_attention_layernorm.weight)
+
+    config = TrainConfig(**{**FAST, "epochs": 6, "adapter_mlp": True})
+    sequences = features.load(2)
+    result = train(chat_model, sequences, config, tmp_path / "run", log=lambda _: None)
+    train_set, _ = trainer_module.split(sequences, config.heldout_fraction)
+    assert trainer_module.evaluate(result.modules, train_set)["loss"] < trainer_module.evaluate(fresh, train_set)["loss"] - 0.3
+    save_adapter(result.modules, tmp_path / "saved")
+    loaded = load_adapter(tmp_path / "saved")
+    assert loaded.spec.mlp_size == 128 and "layers.0.mlp.down_proj.weight" in loaded.tensors
+    rebuilt = build_modules(chat_model, loaded, 2)
+    assert torch.equal(rebuilt.adapter.layers["0"].mlp.up_proj.weight, result.modules.adapter.layers["0"].mlp.up_proj.weight)
+
+
+def _mlp_adapter(model_dir):
+    from kangaroo_trt.config import AdapterSpec, ModelSpec
+    from kangaroo_trt.model.weights import load_hf_config, random_adapter
+
+    return random_adapter(AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(model_dir)), mlp=True))
+
+
+def test_restricted_head_trains_on_the_rows_inference_drafts_from(chat_model, features, tmp_path):
+    """draft_vocab: training's head is the kept rows of the target's head; its top-1 metric is what greedy
+    Kangaroo accepts with that head (argmax over the kept rows, mapped back to a token id, equal to the
+    teacher's top-1), computed here independently from the full head's logits."""
+    from kangaroo_trt.train.objective import draft_logits
+
+    config = TrainConfig(**{**FAST, "epochs": 2, "draft_vocab": 10})
+    sequences = features.load(2)
+    result = train(chat_model, sequences, config, tmp_path, log=lambda _: None)
+    adapter = result.modules.adapter
+    vocab = adapter.draft_vocab
+    assert adapter.lm_head.weight.shape[0] == 10 and result.draft_vocab["size"] == 10
+    _, heldout = trainer_module.split(sequences, config.heldout_fraction)
+    full_head = _fresh(chat_model, 2).deep.lm_head.weight
+    assert torch.equal(adapter.lm_head.weight, full_head[vocab])
+    hits = tokens = 0
+    for f in heldout:
+        logits = draft_logits(adapter, f.hidden[2].float(), f.prompt_len - 1)
+        hits += int((vocab[logits.argmax(-1)] == f.topk_ids[:, 0].long()).sum())
+        tokens += f.response_len
+    metrics = trainer_module.evaluate(result.modules, heldout)
+    assert metrics["tokens"] == tokens and metrics["top1"] == pytest.approx(hits / tokens)
+    assert result.history[-1]["heldout"]["top1"] == pytest.approx(hits / tokens)

@@ -44,8 +44,11 @@ _TRAINING_OPTIONS = (  # defaults: the dataclasses' (FeatureSettings: the teache
                  help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions]."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     click.option("--threads", type=int, default=None, help="PyTorch CPU threads for training [PyTorch default]."),
-    click.option("--draft-vocab", type=int, default=0, show_default=True,
-                 help="Restrict the draft head to this many most frequent response tokens (0: full vocabulary)."),
+    click.option("--draft-vocab", type=int, default=TrainConfig.draft_vocab, show_default=True,
+                 help="Train the draft head over this many most frequent response tokens (0: full vocabulary)."),
+    click.option("--adapter-mlp/--no-adapter-mlp", default=TrainConfig.adapter_mlp, show_default=True,
+                 help="Add the decoder block's MLP to the adapter (this project's variant, recorded in its config; "
+                      "the paper's adapter is attention only)."),
 )
 
 
@@ -76,7 +79,7 @@ def training_options(command):
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
          lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, gamma, tau, device,
-         threads, draft_vocab) -> None:
+         threads, draft_vocab, adapter_mlp) -> None:
     """Train the adapter (target frozen) on the paper's objective and write OUT with a TRAINING_CARD.md.
 
     Interrupted runs resume from OUT's checkpoint and the cached teacher features.
@@ -97,9 +100,9 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
     settings = FeatureSettings(self_distill=self_distill, max_examples=max_examples, max_prompt_tokens=max_prompt_tokens,
                                max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
-                         heldout_fraction=heldout_fraction, init=init, seed=seed)
-    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), decode=decode,
-                  draft_vocab=draft_vocab, log=click.echo)
+                         heldout_fraction=heldout_fraction, init=init, seed=seed, draft_vocab=draft_vocab,
+                         adapter_mlp=adapter_mlp)
+    train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), decode=decode, log=click.echo)
 
 
 if __name__ == "__main__":

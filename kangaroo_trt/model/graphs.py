@@ -9,6 +9,8 @@
     adapter: f + Attn(RMSNorm_1(f)) ─► RMSNorm_2 ─► LM head      deep: layers[l:L] ─► norm ─► LM head
              ─► draft_ids, draft_confidence                             ─► logits, target_ids
 
+(The adapter's MLP variant inserts ``+ MLP(RMSNorm(.))`` before RMSNorm_2, see ``AdapterLayer``.)
+
 Every graph takes ``position_ids [1, n]`` and its caches ``past_key.{i}``/``past_value.{i}`` in layer order
 (absolute layer index; the adapter's one layer is ``0``) and returns ``present_key.{i}``/``present_value.{i}``.
 See ``layers.py`` for the cache contract.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import AdapterSpec, ModelSpec
-from .layers import Attention, DecoderLayer, RMSNorm, Rotary, attention_mask
+from .layers import MLP, Attention, DecoderLayer, RMSNorm, Rotary, attention_mask
 
 
 def _run_layers(layers: nn.ModuleDict, x, position_ids, rotary: Rotary, past: tuple[torch.Tensor, ...]):
@@ -62,7 +64,12 @@ class ShallowGraph(nn.Module):
 
 
 class AdapterLayer(nn.Module):
-    """``x + Attn(RMSNorm_1(x))``: one attention block, no MLP (key names follow the official checkpoint)."""
+    """``x + Attn(RMSNorm_1(x))``: one attention block, no MLP (key names follow the official checkpoint).
+
+    With ``spec.mlp_size`` (this project's variant) the block also has ``x + MLP(RMSNorm(x))``, Llama's
+    post-attention half. It is applied by ``feed_forward``, separately: no later layer reads the adapter's
+    output at other positions, so the graph runs the MLP only on the rows whose draft it returns.
+    """
 
     def __init__(self, spec: AdapterSpec) -> None:
         super().__init__()
@@ -71,10 +78,18 @@ class AdapterLayer(nn.Module):
             spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.attention_bias, False,
             spec.rms_norm_eps if spec.qk_norm else None,
         )
+        if spec.mlp_size:
+            self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+            self.mlp = MLP(spec.hidden_size, spec.mlp_size, spec.mlp_bias)
+        else:
+            self.mlp = None
 
     def forward(self, x, cos, sin, mask, past_key, past_value):
         a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
         return x + a, k, v
+
+    def feed_forward(self, x):
+        return x if self.mlp is None else x + self.mlp(self.post_attention_layernorm(x))
 
 
 class AdapterGraph(nn.Module):
@@ -100,7 +115,11 @@ class AdapterGraph(nn.Module):
         """Head logits (over ``draft_vocab`` when restricted) of the last ``rows`` positions (all if None), and
         the new cache rows."""
         x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, past)
-        return self.lm_head(self.norm(_last(x, rows))).float(), present
+        return self.head(_last(x, rows)), present
+
+    def head(self, x):
+        """fp32 head logits of attention outputs ``x``: the MLP (if any), RMSNorm_2 and the (draft) LM head."""
+        return self.lm_head(self.norm(self.layers["0"].feed_forward(x))).float()
 
     def forward(self, hidden, position_ids, past_key, past_value):
         """Draft from the last position only (a catch-up call's earlier rows only fill the cache)."""

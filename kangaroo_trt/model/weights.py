@@ -5,7 +5,8 @@ sharded or not). Adapters come in two formats:
 
 * official Kangaroo: ``config.json`` (a LlamaConfig with one layer) + ``pytorch_model.bin`` with keys
   ``norm.weight``, ``layers.0.input_layernorm.weight``, ``layers.0.self_attn.{q,k,v,o}_proj.weight``;
-* this project's: ``adapter_config.json`` + ``adapter.safetensors`` with the same key names.
+* this project's: ``adapter_config.json`` + ``adapter.safetensors`` with the same key names (the MLP variant
+  adds Llama's ``layers.0.post_attention_layernorm.weight`` and ``layers.0.mlp.{gate,up,down}_proj.weight``).
 
 Nothing is loaded with ``strict=False``: a missing key, a leftover key or a wrong shape is an error.
 """
@@ -65,6 +66,10 @@ def adapter_name_table(spec: AdapterSpec) -> dict[str, list[str]]:
         table[f"layers.0.self_attn.{p}_proj.bias"] = [f"adapter.layers.0.self_attn.{p}_proj.bias"]
     for p in "qk" if spec.qk_norm else "":
         table[f"layers.0.self_attn.{p}_norm.weight"] = [f"adapter.layers.0.self_attn.{p}_norm.weight"]
+    if spec.mlp_size:  # this project's MLP variant: Llama's key names for the block's second half
+        keys = ["post_attention_layernorm.weight"] + [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+        keys += [f"mlp.{p}_proj.bias" for p in ("gate", "up", "down")] if spec.mlp_bias else []
+        table.update({f"layers.0.{k}": [f"adapter.layers.0.{k}"] for k in keys})
     if spec.draft_vocab_size:
         table["draft_vocab"] = ["adapter.draft_vocab"]
     return table
@@ -258,6 +263,13 @@ def random_adapter(spec: AdapterSpec, seed: int = 0, std: float = 0.02) -> Adapt
         tensors[f"layers.0.self_attn.{p}_proj.bias"] = torch.zeros(heads[p] * spec.head_dim)
     for p in "qk" if spec.qk_norm else "":
         tensors[f"layers.0.self_attn.{p}_norm.weight"] = torch.ones(spec.head_dim)
+    if spec.mlp_size:
+        tensors["layers.0.post_attention_layernorm.weight"] = torch.ones(spec.hidden_size)
+        for p, shape in (("gate", (spec.mlp_size, spec.hidden_size)), ("up", (spec.mlp_size, spec.hidden_size)),
+                         ("down", (spec.hidden_size, spec.mlp_size))):
+            tensors[f"layers.0.mlp.{p}_proj.weight"] = torch.randn(shape, generator=gen) * std
+            if spec.mlp_bias:
+                tensors[f"layers.0.mlp.{p}_proj.bias"] = torch.zeros(shape[0])
     return AdapterCheckpoint(spec, tensors, None, {"source": "random", "seed": seed})
 
 

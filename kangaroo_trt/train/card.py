@@ -17,6 +17,15 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
     return markdown_table([title for _, title in columns], [[cell(row.get(key, "")) for key, _ in columns] for row in rows])
 
 
+def _head(train: dict, meta: dict) -> str:
+    vocab = meta.get("draft_vocab")
+    if not vocab:
+        return "the target's LM head"
+    when = "trained with it" if train.get("draft_vocab") else "restricted after training"
+    return (f"{vocab['size']} rows of the target's LM head, the most frequent response tokens "
+            f"({vocab['coverage']:.1%} of the training ones), {when}")
+
+
 def write_card(adapter_dir: Path) -> Path:
     """Render the card from ``adapter_config.json`` (training record, and the tuning sweep if any)."""
     cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
@@ -26,6 +35,7 @@ def write_card(adapter_dir: Path) -> Path:
     if training:
         data, teacher, train = training["data"], training["teacher"], training["train"]
         responses = "greedy self-distilled by the target model" if teacher["self_distill"] else "as given in the data"
+        block = "attention block + MLP (this project's variant)" if train.get("adapter_mlp") else "attention block (the paper's)"
         teacher_pass = "greedy generation + hidden states" if teacher["self_distill"] else "the target's pass over the responses"
         lines += [
             "## Data",
@@ -40,6 +50,7 @@ def write_card(adapter_dir: Path) -> Path:
             "## Training",
             f"- objective: soft cross-entropy to the target's next-token distribution, response tokens only; "
             f"target frozen, adapter init `{train['init']}`",
+            f"- adapter: {block}; draft head: {_head(train, meta)}",
             f"- {train['epochs']} epochs, {training['steps']} steps of {train['sequences_per_step']} sequences, "
             f"AdamW {tuple(train['betas'])}, lr {train['lr']} (warm-up {train['warmup_steps']}, cosine), seed {train['seed']}",
             f"- time on {training['device']}: {training['train_seconds']:.0f} s training ({training['total_seconds']:.0f} s "

@@ -1,18 +1,18 @@
 """A cheaper draft head: keep the adapter's LM-head rows of the tokens the model actually says most often.
 
-The counts are the response tokens of the (self-distilled) training data, i.e. what greedy decoding of the
-target produces. Drafts outside the kept tokens are impossible, but the deep graph still verifies over the
-full vocabulary, so the output is unchanged; only the draft step gets cheaper (the 576 x 49152 head of
-SmolLM2-135M is most of a draft step at exit layer 2).
+The counts are the response tokens of the training data (what the adapter is trained to draft). Drafts
+outside the kept tokens are impossible, but the deep graph still verifies over the full vocabulary, so the
+output is unchanged; only the draft step gets cheaper (the 576 x 49152 head of SmolLM2-135M is most of a
+draft step at exit layer 2). Training runs with the restricted head itself (``TrainConfig.draft_vocab``):
+the adapter learns the softmax over the kept rows that inference drafts from, and each step's head is 12x
+smaller at 4096 of 49152 tokens.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from ..model.weights import load_adapter, restrict_draft_vocab, save_checkpoint
+from ..model.weights import AdapterCheckpoint, restrict_draft_vocab
 from .teacher import SequenceFeatures
 
 
@@ -25,12 +25,12 @@ def response_token_counts(features: list[SequenceFeatures], vocab_size: int) -> 
     return counts
 
 
-def restrict_saved_adapter(adapter_dir: Path, features: list[SequenceFeatures], vocab_size: int, size: int) -> float:
-    """Rewrite the adapter in ``adapter_dir`` with a ``size``-token draft head; returns the training-token coverage."""
+def restrict(adapter: AdapterCheckpoint, features: list[SequenceFeatures], vocab_size: int, size: int,
+             ) -> tuple[AdapterCheckpoint, float]:
+    """``adapter`` with a ``size``-token draft head chosen from ``features``, and the coverage of their tokens."""
     counts = response_token_counts(features, vocab_size)
-    adapter = restrict_draft_vocab(load_adapter(adapter_dir), counts, size)
+    adapter = restrict_draft_vocab(adapter, counts, size)
     coverage = float(counts[adapter.tensors["draft_vocab"]].sum() / counts.sum())
     adapter.meta["draft_vocab"] = {"size": size, "source": "response tokens of the training data",
                                    "coverage": round(coverage, 4)}
-    save_checkpoint(adapter, adapter_dir)
-    return coverage
+    return adapter, coverage

@@ -7,6 +7,9 @@ only. p is kept as its top-k (renormalised for the loss); the metrics are
 * expected acceptance ``sum_v min(p(v), q(v))`` over the teacher's top-k (a lower bound of the full sum):
   the probability that a sampled draft would be accepted;
 * top-1 agreement: argmax q == argmax p, what greedy Kangaroo accepts.
+
+With a restricted draft head (``draft_vocab``) q is the softmax over the kept rows, as at inference; the
+teacher's tokens outside them count as misses and carry no loss (``head_rows`` maps them to -1).
 """
 
 from __future__ import annotations
@@ -32,7 +35,17 @@ def draft_logits(adapter: AdapterGraph, hidden: torch.Tensor, first: int) -> tor
     spec = adapter.layers["0"].self_attn
     empty = hidden.new_zeros(1, spec.kv_heads, 0, spec.head_dim)
     x, _, _ = adapter.layers["0"](hidden[None], cos, sin, mask, empty, empty)  # [1, n, H]
-    return adapter.lm_head(adapter.norm(x[0, first:])).float()
+    return adapter.head(x[0, first:])
+
+
+def head_rows(adapter: AdapterGraph, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids -> rows of the adapter's draft head (-1 for tokens a restricted head does not keep)."""
+    ids, vocab = ids.long(), adapter.draft_vocab
+    if vocab is None:
+        return ids
+    rows = torch.full((max(int(vocab.max()), int(ids.max())) + 1,), -1, dtype=torch.long, device=ids.device)
+    rows[vocab] = torch.arange(len(vocab), device=ids.device)
+    return rows[ids]
 
 
 @dataclass
@@ -57,13 +70,16 @@ class Metrics:
 
 def soft_cross_entropy(logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs: torch.Tensor,
                        ) -> tuple[torch.Tensor, Metrics]:
-    """Summed soft cross-entropy over positions (for backward) and the detached metric sums."""
+    """Summed soft cross-entropy over positions (for backward) and the detached metric sums.
+
+    ``topk_ids`` are rows of the head (``head_rows``); -1 marks a teacher token the head cannot draft."""
     log_q = torch.log_softmax(logits, dim=-1)
     ids = topk_ids.long()
+    kept = ids >= 0
     p = topk_probs.float()
-    log_q_top = log_q.gather(-1, ids)  # [T, k]
+    log_q_top = log_q.gather(-1, ids.clamp(min=0)) * kept  # [T, k]
     loss = -((p / p.sum(-1, keepdim=True)) * log_q_top).sum()
     with torch.no_grad():
-        acceptance = torch.minimum(p, log_q_top.exp()).sum()
+        acceptance = (torch.minimum(p, log_q_top.exp()) * kept).sum()
         top1 = (logits.argmax(-1) == ids[:, 0]).sum()
     return loss, Metrics(loss.item(), acceptance.item(), top1.item(), int(ids.shape[0]))

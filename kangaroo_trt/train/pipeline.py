@@ -16,7 +16,6 @@ from ..model.weights import save_adapter
 from .cache import FeatureCache, FeatureSettings, build_features
 from .card import write_card
 from .data import BenchmarkFilter, read_examples
-from .draft_vocab import restrict_saved_adapter
 from .trainer import TrainConfig, TrainResult, finish, train
 
 
@@ -52,12 +51,12 @@ def prepare_features(model: str, source: DataSource, settings: FeatureSettings, 
 
 def train_adapter(model: str, source: DataSource, out: Path, config: TrainConfig,
                   settings: FeatureSettings = FeatureSettings(), cache_dir: Path | None = None, device: str = "cpu",
-                  extra_exit_layers: tuple[int, ...] = (), decode: dict | None = None, draft_vocab: int = 0,
+                  extra_exit_layers: tuple[int, ...] = (), decode: dict | None = None,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train an adapter for ``model`` and write it (+ TRAINING_CARD.md) to ``out``.
 
-    ``draft_vocab`` > 0 restricts the written adapter's draft head to that many of the most frequent response
-    tokens (``draft_vocab.py``); training itself always uses the full head.
+    ``config.draft_vocab`` > 0 trains and writes a draft head over that many of the most frequent response
+    tokens (``draft_vocab.py``).
     """
     start = time.perf_counter()
     layers = tuple(sorted({config.exit_layer, *extra_exit_layers}))
@@ -71,10 +70,9 @@ def train_adapter(model: str, source: DataSource, out: Path, config: TrainConfig
         "train_tokens": result.train_tokens, "heldout_tokens": result.heldout_tokens, "history": result.history}}
     if decode:
         meta["decode"] = decode
+    if result.draft_vocab:
+        meta["draft_vocab"] = result.draft_vocab
     save_adapter(result.modules, out, meta)
-    if draft_vocab:
-        coverage = restrict_saved_adapter(Path(out), features, result.modules.model_spec.vocab_size, draft_vocab)
-        log(f"draft head restricted to {draft_vocab} tokens ({coverage:.1%} of the training response tokens)")
     write_card(Path(out))
     finish(Path(out))
     log(f"adapter written to {out}")

@@ -83,10 +83,11 @@ class Teacher:
               top_k: int) -> SequenceFeatures:
         """Features of a given response: one full-sequence forward pass of the target."""
         ids = torch.tensor([prompt + response], device=self.device)
-        out = self.model(ids, output_hidden_states=True)
         p, n = len(prompt), ids.shape[1]
+        # the LM head (a fifth of the model) runs only on positions P-1 .. n-1, not on the prompt
+        out = self.model(ids, output_hidden_states=True, logits_to_keep=n - p + 1)
         hidden = {l: out.hidden_states[l][0, :n - 1].to(torch.float16).cpu() for l in exit_layers}
-        topk_ids, topk_probs = _topk(out.logits[0, p - 1:n - 1], top_k)
+        topk_ids, topk_probs = _topk(out.logits[0, :-1], top_k)
         return SequenceFeatures(index, ids[0].to(torch.int32).cpu(), p, hidden, topk_ids.cpu(), topk_probs.cpu())
 
     @torch.no_grad()

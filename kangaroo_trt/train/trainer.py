@@ -1,7 +1,8 @@
 """Adapter-only training on cached teacher features: seeded, resumable, with a progress bar and ETA.
 
 The target model is frozen (shallow layers never run here: their outputs h_l are cached); only the
-adapter's two RMSNorms and q/k/v/o projections receive gradients, the LM head is the target's own.
+adapter's two RMSNorms and q/k/v/o projections (and its MLP, in the MLP variant) receive gradients; the LM
+head is the target's own (its ``draft_vocab`` rows when the draft head is restricted).
 One optimizer step accumulates ``sequences_per_step`` whole sequences (the graphs are batch-1 shaped).
 
 Resuming: every ``checkpoint_every`` steps the adapter, optimizer and step counter are written to
@@ -22,11 +23,12 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..config import check_exit_layer
+from ..config import AdapterSpec, ModelSpec, check_exit_layer
 from ..errors import ConfigError
 from ..model.graphs import KangarooModules
-from ..model.weights import build_modules
-from .objective import Metrics, draft_logits, soft_cross_entropy
+from ..model.weights import build_modules, load_hf_config, random_adapter
+from .draft_vocab import restrict
+from .objective import Metrics, draft_logits, head_rows, soft_cross_entropy
 from .teacher import SequenceFeatures
 
 STATE_FILE = ".train-state.pt"
@@ -45,9 +47,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # the paper's AdamW betas
     sequences_per_step: int = 8
     heldout_fraction: float = 0.05
-    init: str = "copy"  # "copy": attention of target layer `exit_layer` + the final norm; "random"
+    init: str = "copy"  # "copy": attention (and MLP) of target layer `exit_layer` + the final norm; "random"
     seed: int = 0
     checkpoint_every: int = 25
+    draft_vocab: int = 0  # > 0: train and write a draft head over this many most frequent response tokens
+    adapter_mlp: bool = False  # the MLP variant (AdapterSpec.mlp_size); the paper's adapter is attention only
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -56,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
         if self.epochs < 1 or self.sequences_per_step < 1 or self.lr <= 0:
             raise ConfigError("epochs, sequences_per_step and lr must be positive")
+        if self.draft_vocab < 0:
+            raise ConfigError(f"draft_vocab must be >= 0 (0: the full vocabulary), got {self.draft_vocab}")
 
 
 @dataclass
@@ -66,6 +72,7 @@ class TrainResult:
     train_tokens: int
     heldout_tokens: int
     history: list[dict] = field(default_factory=list)  # per epoch: train and held-out metrics
+    draft_vocab: dict | None = None  # size, source and coverage of a restricted draft head
 
     @property
     def heldout(self) -> dict[str, float]:
@@ -81,7 +88,7 @@ def split(features: list[SequenceFeatures], fraction: float) -> tuple[list[Seque
 
 
 def init_adapter(modules: KangarooModules, how: str, seed: int) -> None:
-    """``copy``: the adapter starts as target layer ``exit_layer``'s attention block + the final norm."""
+    """``copy``: the adapter starts as target layer ``exit_layer``'s attention block (and MLP) + the final norm."""
     adapter = modules.adapter
     if how == "copy":
         source = modules.deep.layers[str(modules.exit_layer)]
@@ -89,6 +96,9 @@ def init_adapter(modules: KangarooModules, how: str, seed: int) -> None:
         own.input_layernorm.load_state_dict(source.input_layernorm.state_dict())
         src = source.self_attn.state_dict()  # the adapter mirrors q/k/v bias and q/k norms, never o_proj's bias
         own.self_attn.load_state_dict({k: src[k] for k in own.self_attn.state_dict()}, strict=True)
+        if own.mlp is not None:
+            own.post_attention_layernorm.load_state_dict(source.post_attention_layernorm.state_dict())
+            own.mlp.load_state_dict(source.mlp.state_dict())
         adapter.norm.load_state_dict(modules.deep.norm.state_dict())
         return
     gen = torch.Generator().manual_seed(seed)
@@ -119,7 +129,7 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 def _sequence(adapter, f: SequenceFeatures, exit_layer: int, device: str) -> tuple[torch.Tensor, Metrics]:
     logits = draft_logits(adapter, f.hidden[exit_layer].to(device).float(), f.prompt_len - 1)
-    return soft_cross_entropy(logits, f.topk_ids.to(device), f.topk_probs.to(device))
+    return soft_cross_entropy(logits, head_rows(adapter, f.topk_ids.to(device)), f.topk_probs.to(device))
 
 
 @torch.no_grad()
@@ -136,16 +146,21 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
     """Train an adapter on ``features`` (must hold ``config.exit_layer``); resumes from ``out``'s state file."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    modules = build_modules(model_dir, None, config.exit_layer)
-    check_exit_layer(modules.model_spec, config.exit_layer)
     if any(config.exit_layer not in f.hidden for f in features):
         raise ConfigError(f"the teacher features hold no hidden states for exit layer {config.exit_layer}")
+    train_set, heldout = split(features, config.heldout_fraction)
+    model_spec = ModelSpec.from_hf_config(load_hf_config(model_dir))
+    check_exit_layer(model_spec, config.exit_layer)
+    adapter, coverage = random_adapter(AdapterSpec.like(model_spec, mlp=config.adapter_mlp), config.seed), None
+    if config.draft_vocab:  # chosen from the training split only, so the held-out metrics stay honest
+        adapter, coverage = restrict(adapter, train_set, model_spec.vocab_size, config.draft_vocab)
+        log(f"draft head: {config.draft_vocab} tokens ({coverage:.1%} of the training response tokens)")
+    modules = build_modules(model_dir, adapter, config.exit_layer)
     init_adapter(modules, config.init, config.seed)
     del modules.deep.layers  # the verifier is not needed for training: free its memory
     modules.adapter.to(device)
     params = trainable(modules)
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    train_set, heldout = split(features, config.heldout_fraction)
     steps_per_epoch = math.ceil(len(train_set) / config.sequences_per_step)
     total_steps = steps_per_epoch * config.epochs
     identity = {"config": dataclasses.asdict(config), "features": features_key}
@@ -177,7 +192,7 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
     bar.close()
     modules.adapter.cpu().requires_grad_(False)
     return TrainResult(modules, step, time.perf_counter() - start, sum(f.response_len for f in train_set),
-                       sum(f.response_len for f in heldout), history)
+                       sum(f.response_len for f in heldout), history, adapter.meta.get("draft_vocab"))
 
 
 def _step(modules, batch, optimizer, params, config: TrainConfig, lr_factor: float, device: str) -> Metrics:
@@ -198,7 +213,7 @@ def _step(modules, batch, optimizer, params, config: TrainConfig, lr_factor: flo
 
 def _save_state(path: Path, identity: dict, modules, optimizer, step: int, history: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    adapter = {k: v for k, v in modules.adapter.state_dict().items() if not k.startswith("lm_head.")}
+    adapter = {k: v for k, v in modules.adapter.state_dict().items() if not k.startswith(("lm_head.", "draft_vocab"))}
     tmp = path.with_suffix(".tmp")
     torch.save({"identity": identity, "adapter": adapter, "optimizer": optimizer.state_dict(), "step": step,
                 "history": history}, tmp)
@@ -212,7 +227,7 @@ def _resume(path: Path, identity: dict, modules, optimizer, log) -> tuple[int, l
     if state["identity"] != identity:
         raise ConfigError(f"{path} belongs to a run with other settings or data: delete it, or use another --out")
     result = modules.adapter.load_state_dict(state["adapter"], strict=False)  # the frozen head is not saved
-    if result.unexpected_keys or set(result.missing_keys) != {"lm_head.weight"}:
+    if result.unexpected_keys or set(result.missing_keys) - {"draft_vocab"} != {"lm_head.weight"}:
         raise ConfigError(f"{path} does not hold this adapter's weights: delete it, or use another --out")
     optimizer.load_state_dict(state["optimizer"])
     log(f"resuming from {path} at step {state['step']}")

@@ -134,7 +134,7 @@ def update_meta(adapter_dir: Path, **fields) -> None:
 
 
 def tune(model: str, source: DataSource, out: Path, config: TrainConfig, settings: FeatureSettings,
-         sweep: SweepConfig, workdir: Path, device: str = "cpu", draft_vocab: int = 0,
+         sweep: SweepConfig, workdir: Path, device: str = "cpu",
          log: Callable[[str], None] = print) -> dict:
     """Pick the exit layer (if candidates are given), train it, pick (gamma, tau); write them into ``out``."""
     start = perf_counter()
@@ -149,7 +149,7 @@ def tune(model: str, source: DataSource, out: Path, config: TrainConfig, setting
                 log(f"reusing {candidate}: trained with the same settings")
             else:
                 train_adapter(model, source, candidate, short, settings, device=device,
-                              extra_exit_layers=sweep.exit_layers, draft_vocab=draft_vocab, log=log)
+                              extra_exit_layers=sweep.exit_layers, log=log)
             prompts = validation_prompts(model, source, settings, config.heldout_fraction, layer, sweep.prompts, log)
             engine = _engine(model, candidate, workdir / f"engine-exit{layer}", sweep, log)
             ar, results = measure(engine, prompts, [(default.gamma, default.tau)], sweep.max_new_tokens, sweep.threads)
@@ -158,7 +158,7 @@ def tune(model: str, source: DataSource, out: Path, config: TrainConfig, setting
         best_layer = max(layer_rows, key=lambda r: r["speedup"])["exit_layer"]
         log(f"exit layer {best_layer}: training it in full ({config.epochs} epochs)")
         train_adapter(model, source, out, dataclasses.replace(config, exit_layer=best_layer), settings,
-                      device=device, extra_exit_layers=sweep.exit_layers, draft_vocab=draft_vocab, log=log)
+                      device=device, extra_exit_layers=sweep.exit_layers, log=log)
     elif not (out / ADAPTER_CONFIG).is_file():
         raise ConfigError(f"{out} holds no adapter: train one first, or pass candidate exit layers")
     exit_layer = load_adapter(out).exit_layer
