@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import threading
 from pathlib import Path
 
 from .errors import BackendError, EngineDirError
@@ -68,6 +69,42 @@ def import_cupy():
     return cupy
 
 
+THREAD_POOLS = ("shared", "per-session")
+_POOL: dict = {}  # "size" once share_thread_pool succeeded
+_POOL_LOCK = threading.Lock()
+
+
+def share_thread_pool(threads: int | None = None) -> bool:
+    """Run every ONNX Runtime session kangaroo-trt opens from now on on one process-wide intra-op pool of
+    ``threads`` threads (None: one per physical core); returns whether the runtime allowed it.
+
+    The three graphs run one after another. On one pool, whose threads spin-wait (ONNX Runtime's default), each
+    graph's work goes to threads that are already awake; with a pool per session, idle pools must sleep (else
+    they spin on the cores the next graph needs) and every wake-up costs time. Measured on 2 cores
+    (bench/results/README.md), both modes are about a third faster. But once the pool exists, ONNX Runtime
+    refuses sessions with pools of their own, such as ``onnxruntime.quantization``'s or a service's other
+    models: call it only in a process where kangaroo-trt is ONNX Runtime's only user, before any session.
+    kangaroo-run and kangaroo-bench do (``--thread-pool per-session`` turns it off); the library and
+    kangaroo-serve (engines running in parallel) keep a pool per session.
+    """
+    with _POOL_LOCK:
+        if "size" in _POOL:
+            return _POOL["size"] == (threads or 0)
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(threads or 0, 1)
+        except (ImportError, AttributeError, RuntimeError):
+            return False
+        _POOL["size"] = threads or 0
+        return True
+
+
+def thread_pool() -> str:
+    """Which kind of pool this process's sessions run on (one of ``THREAD_POOLS``)."""
+    return "shared" if "size" in _POOL else "per-session"
+
+
 def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
     """An ONNX Runtime session with this project's settings (the measurements behind them: bench/results/README.md)."""
     import onnxruntime as ort
@@ -80,12 +117,14 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     # a different result for n = 1 than for the same row inside n > 1, which breaks Kangaroo == AR. Level 1
     # computes in fp32: the same numerics class as the fp32 graphs (tests/test_int8.py checks both).
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    # The three graphs run one after another, each on its own session's thread pool. With ONNX Runtime's default
-    # spin-waiting, the pools that just finished keep their cores busy while the next graph runs, which slows
-    # both modes and Kangaroo (more graph switches) most. Idle pools sleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
+    # A pool per session: the three graphs run one after another, so an idle pool sleeps instead of spinning on
+    # the cores the next graph needs (see share_thread_pool for the faster process-wide pool).
+    if "size" in _POOL:
+        options.use_per_session_threads = False  # the process-wide pool (share_thread_pool), already sized
+    else:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as err:  # ORT raises its own exception types for corrupt or unloadable graphs

@@ -14,6 +14,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# CLIs invoked in this process (click's CliRunner) must not switch it to ONNX Runtime's process-wide thread pool:
+# afterwards the runtime would refuse onnxruntime.quantization's sessions (the int8 builds). The shared pool is
+# tested in subprocesses (test_backends.py).
+os.environ["KANGAROO_TRT_THREAD_POOL"] = "per-session"
 
 # A minimal chat template for tiny models that need one (chat prompts, self-distillation).
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

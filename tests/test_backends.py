@@ -88,11 +88,38 @@ def test_torch_and_onnxruntime_graphs_agree_call_by_call(engine_dir):
 
 
 def test_onnxruntime_sessions_do_not_spin(engine_dir):
-    """Three sessions run in turn: an idle pool must sleep, not spin on the cores the next graph needs."""
-    from kangaroo_trt.runtimes import ort_session
+    """Per-session pools (the library's default) run in turn: an idle pool must sleep, not spin on the cores the
+    next graph needs."""
+    from kangaroo_trt.runtimes import ort_session, thread_pool
 
+    assert thread_pool() == "per-session"
     path = _graphs(engine_dir, "fp32").graphs()["shallow"][0]
     assert ort_session(path, threads=2).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_shared_thread_pool_gives_the_same_tokens(engine_dir, tmp_path):
+    """kangaroo-run's default, one process-wide pool (share_thread_pool), in a fresh process: its sessions use it,
+    and both modes give the tokens a pool per session gives."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = ("from kangaroo_trt.runtimes import share_thread_pool, thread_pool, ort_session\n"
+             "import sys\nassert share_thread_pool(2) and thread_pool() == 'shared'\n"
+             "assert ort_session(sys.argv[1]).get_session_options().use_per_session_threads is False\n")
+    path = _graphs(engine_dir, "fp32").graphs()["shallow"][0]
+    subprocess.run([sys.executable, "-c", probe, str(path)], check=True)
+    outputs = {}
+    for pool in ("shared", "per-session"):
+        for mode in ("ar", "kangaroo"):
+            proc = subprocess.run([sys.executable, "-m", "kangaroo_trt.cli.run_cli", "--engine-dir", str(engine_dir),
+                                   "--prompt", "the quick brown fox", "--max-new-tokens", "24", "--mode", mode,
+                                   "--thread-pool", pool, "--json"], capture_output=True, text=True,
+                                  env={**os.environ, "KANGAROO_TRT_THREAD_POOL": ""})
+            assert proc.returncode == 0, proc.stderr
+            outputs[pool, mode] = json.loads(proc.stdout)["output_ids"]
+    assert len(set(map(tuple, outputs.values()))) == 1, outputs
 
 
 def test_torch_backend_refuses_int8(engine_dir):

@@ -130,7 +130,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         ["protocol", "warm-up run per method, then per turn both methods on the same prompt, order alternating; "
                      "second turns follow the model's own first answer"],
         ["machine", f"{env.get('cpu', 'n/a')}, {env.get('cpu_count', 'n/a')} cores, {env.get('os', 'n/a')}"],
-        ["runtime", f"{e['backend']} {e['precision']}, threads {st.get('threads') or 'default'}"],
+        ["runtime", f"{e['backend']} {e['precision']}, threads {st.get('threads') or 'default'}"
+                    + (f", {st['thread_pool']} thread pool" if st.get("thread_pool") else "")],
         ["versions", ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + f", Python {env.get('python')}"],
     ]) + [""]
     lines += _acceptance_section(report, plots) + _time_section(report, plots) + _equality_section(report)

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..config import DecodeConfig
-from .common import drafting_options, quiet_libraries, user_errors
+from .common import drafting_options, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
 
 QUICK = "--limit 2 --max-new-tokens 64"  # every category, a few minutes on 2 CPU cores
 
@@ -59,13 +59,15 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--threads", type=int, default=None, help="Runtime threads [runtime default].")
+@thread_pool_option
 @click.option("--hf-baseline", is_flag=True, help="Also time transformers generate on the engine's source model.")
 @click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up generation.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
 def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, lookup_ngram, adaptive_gamma,
-         draft_floor, temperature, top_k, top_p, seed, backend, precision, threads, hf_baseline, no_warmup, out_dir) -> None:
+         draft_floor, temperature, top_k, top_p, seed, backend, precision, threads, thread_pool, hf_baseline, no_warmup,
+         out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
     from tqdm import tqdm
@@ -76,12 +78,14 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
     from ..errors import InputError
     from ..paths import writable_dir
     from ..runner.api import KangarooEngine
+    from ..runtimes import thread_pool as runtime_pool
 
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     writable_dir(out_dir, "--out")  # now, not after the whole run
     command = _command_line(click.get_current_context())
     questions = select(load_questions(questions_file), _categories(categories), limit)
+    use_thread_pool(thread_pool, threads)
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
     baseline = None
     if hf_baseline:
@@ -105,7 +109,8 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
         bench = run_bench(engine, questions, config, baseline, progress)
 
     settings = {"questions": str(questions_file) if questions_file else "Spec-Bench (480 questions, shipped)",
-                "categories": _categories(categories), "limit": limit, "threads": threads}
+                "categories": _categories(categories), "limit": limit, "threads": threads,
+                "thread_pool": runtime_pool()}
     report = build_report(bench, engine, command, settings, environment())
     paths = write_report(report, out_dir)
     click.echo(terminal_table(report))

@@ -19,6 +19,23 @@ from ..errors import KangarooError
 from ..interrupts import Terminated, raise_if_interrupted, signals_as_exceptions
 
 
+def thread_pool_option(command):
+    """--thread-pool (kangaroo-run, kangaroo-bench): their process opens only our sessions, so they can share one."""
+    from ..runtimes import THREAD_POOLS
+
+    return click.option("--thread-pool", type=click.Choice(THREAD_POOLS), default="shared", show_default=True,
+                        envvar="KANGAROO_TRT_THREAD_POOL",
+                        help="ONNX Runtime CPU threads: one pool for the three graphs (faster), or one per graph.")(command)
+
+
+def use_thread_pool(kind: str, threads: int | None) -> None:
+    """Apply --thread-pool before the engine opens its sessions."""
+    from ..runtimes import share_thread_pool
+
+    if kind == "shared":
+        share_thread_pool(threads)
+
+
 def drafting_options(command):
     """The drafting fields of ``DecodeConfig`` as options (kangaroo-run and kangaroo-bench), defaults from the dataclass."""
     from ..config import DecodeConfig

@@ -105,13 +105,18 @@ class FeatureCache:
         return sorted(out, key=lambda f: f.index)
 
 
+def cache_key(model_dir: Path, examples: list[Example], settings: FeatureSettings) -> str:
+    """What a cache's contents are a function of: the target, all the examples and the teacher's settings."""
+    return hashlib.sha256(json.dumps({
+        "version": CACHE_VERSION, "model": _model_fingerprint(model_dir), "settings": dataclasses.asdict(settings),
+        "examples": hashlib.sha256(repr(examples).encode()).hexdigest()}, sort_keys=True).encode()).hexdigest()
+
+
 def build_features(model_dir: Path, examples: list[Example], settings: FeatureSettings, exit_layers: tuple[int, ...],
                    cache_dir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
                    ) -> FeatureCache:
     """Run the teacher over the selected examples (resuming an interrupted build) and return the cache."""
-    digest = hashlib.sha256(json.dumps({
-        "version": CACHE_VERSION, "model": _model_fingerprint(model_dir), "settings": dataclasses.asdict(settings),
-        "examples": hashlib.sha256(repr(examples).encode()).hexdigest()}, sort_keys=True).encode()).hexdigest()
+    digest = cache_key(model_dir, examples, settings)
     cache = FeatureCache(cache_dir or cache_root() / "train-features" / digest[:16])
     meta = cache.meta
     if meta.get("key") == digest and set(exit_layers) <= set(meta["exit_layers"]) and meta.get("complete"):
