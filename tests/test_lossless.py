@@ -193,3 +193,21 @@ def test_mlp_adapter_variant_stays_lossless(tiny_model, tmp_path, name):
     kg = engine.generate(prompt_ids=_prompts(engine.manifest.model.vocab_size)[2], mode="kangaroo",
                          config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=30, lookup_ngram=0))
     assert_adapter_cache_in_step(engine.decoder, _prompts(engine.manifest.model.vocab_size)[2] + kg.output_ids, at_least=30)
+
+
+def test_mlp_adapter_variant_builds_int8_and_stays_lossless(tiny_model, tmp_path):
+    """The int8 build calibrates and smooths the adapter's MLP too (calib/smooth.py finds it by name); greedy
+    Kangaroo on the int8 graphs still equals AR on them."""
+    directory = tiny_model("llama-gqa-tied")
+    spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)), mlp=True)
+    out = tmp_path / "mlp-int8"
+    build_engine_dir(str(directory), out, ExportConfig(max_seq_len=MAX_SEQ_LEN, prefill_chunk=8, precisions=("fp32", "int8"),
+                                                       tensorrt="off"),
+                     adapter=random_adapter(spec, seed=5, std=0.2), log=lambda _: None)
+    engine = KangarooEngine.open(out, precision="int8")
+    ties = NearTies()
+    for prompt in _prompts(engine.manifest.model.vocab_size):
+        ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=20))
+        kg = engine.generate(prompt_ids=prompt, mode="kangaroo",
+                             config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=20, lookup_ngram=0))
+        ties.check(ar, kg, "mlp adapter int8")
