@@ -70,7 +70,7 @@ def import_cupy():
 
 
 THREAD_POOLS = ("shared", "per-session")
-_POOL: dict = {}  # "size" once share_thread_pool succeeded
+_pool_size: int | None = None  # the process-wide pool's threads (0: the runtime's default) once it is shared
 _POOL_LOCK = threading.Lock()
 
 
@@ -87,22 +87,23 @@ def share_thread_pool(threads: int | None = None) -> bool:
     kangaroo-run and kangaroo-bench do (``--thread-pool per-session`` turns it off); the library and
     kangaroo-serve (engines running in parallel) keep a pool per session.
     """
+    global _pool_size
     with _POOL_LOCK:
-        if "size" in _POOL:
-            return _POOL["size"] == (threads or 0)
+        if _pool_size is not None:
+            return _pool_size == (threads or 0)
         try:
             from onnxruntime.capi import _pybind_state
 
             _pybind_state.set_global_thread_pool_sizes(threads or 0, 1)
         except (ImportError, AttributeError, RuntimeError):
             return False
-        _POOL["size"] = threads or 0
+        _pool_size = threads or 0
         return True
 
 
 def thread_pool() -> str:
     """Which kind of pool this process's sessions run on (one of ``THREAD_POOLS``)."""
-    return "shared" if "size" in _POOL else "per-session"
+    return "per-session" if _pool_size is None else "shared"
 
 
 def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
@@ -117,11 +118,11 @@ def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ..
     # a different result for n = 1 than for the same row inside n > 1, which breaks Kangaroo == AR. Level 1
     # computes in fp32: the same numerics class as the fp32 graphs (tests/test_int8.py checks both).
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    # A pool per session: the three graphs run one after another, so an idle pool sleeps instead of spinning on
-    # the cores the next graph needs (see share_thread_pool for the faster process-wide pool).
-    if "size" in _POOL:
-        options.use_per_session_threads = False  # the process-wide pool (share_thread_pool), already sized
+    if thread_pool() == "shared":
+        options.use_per_session_threads = False  # the process-wide pool, already sized (share_thread_pool)
     else:
+        # A pool per session: the three graphs run one after another, so an idle pool sleeps instead of spinning
+        # on the cores the next graph needs (share_thread_pool: the faster process-wide pool).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
