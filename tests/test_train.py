@@ -103,6 +103,27 @@ def test_features_match_the_export_graphs(chat_model, features):
     assert torch.equal(seq.topk_ids[:, 0].long(), ids[0, seq.prompt_len:])
 
 
+
+def test_an_exit_layer_added_to_a_cache_equals_a_fresh_build(chat_model, tmp_path):
+    """A complete cache asked for another exit layer gets only that layer's states (a shallow pass), and they
+    equal, bit for bit, a build that held both layers from the start; the teacher's targets are kept."""
+    records = [{"conversations": [{"from": "human", "value": f"{TEXTS[i % 4][:15 + i]} {i}"},
+                                  {"from": "gpt", "value": TEXTS[(i + 1) % 4][:30 + 2 * i]}]} for i in range(10)]
+    examples = read_examples(write_jsonl(tmp_path / "chat.jsonl", records))
+    settings = FeatureSettings(self_distill=False, max_examples=10, max_new_tokens=16, top_k=8, batch_size=4)
+    quiet = dict(log=lambda _: None)
+    grown = build_features(chat_model, examples, settings, (1,), tmp_path / "grown", **quiet)
+    targets = grown.load(1)
+    grown = build_features(chat_model, examples, settings, (2, 3), tmp_path / "grown", **quiet)
+    assert grown.meta["exit_layers"] == [1, 2, 3] and "exit_layer_seconds" in grown.meta
+    fresh = build_features(chat_model, examples, settings, (1, 2, 3), tmp_path / "fresh", **quiet)
+    for layer in (1, 2, 3):
+        for a, b in zip(grown.load(layer), fresh.load(layer), strict=True):
+            assert torch.equal(a.hidden[layer], b.hidden[layer]) and torch.equal(a.input_ids, b.input_ids)
+    for a, b in zip(targets, grown.load(3), strict=True):
+        assert torch.equal(a.topk_ids, b.topk_ids) and torch.equal(a.topk_probs, b.topk_probs)
+        assert not torch.equal(a.hidden[1], b.hidden[3])  # a different layer, not a copy
+
 # --- training ----------------------------------------------------------------------------------------------
 def test_loss_falls_and_metrics_rise(chat_model, features, tmp_path):
     config = TrainConfig(**{**FAST, "epochs": 8})

@@ -4,7 +4,8 @@ A cache directory is keyed by everything that determines its contents (the targe
 weight files, the selected examples, ``FeatureSettings``); it lives under
 ``$KANGAROO_TRT_CACHE/train-features/<key>`` unless a directory is given. Shards are written atomically,
 so an interrupted build resumes at the first missing shard. ``meta.json`` records the exit layers
-whose hidden states the shards hold; asking for another layer rebuilds the cache with both.
+whose hidden states the shards hold; asking a complete cache for another layer adds that layer's states with a
+shallow pass (``add_exit_layers``), keeping the teacher's targets.
 """
 
 from __future__ import annotations
@@ -119,12 +120,15 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
     digest = cache_key(model_dir, examples, settings)
     cache = FeatureCache(cache_dir or cache_root() / "train-features" / digest[:16])
     meta = cache.meta
-    if meta.get("key") == digest and set(exit_layers) <= set(meta["exit_layers"]) and meta.get("complete"):
+    if meta.get("key") == digest and meta.get("complete"):
+        missing = tuple(sorted(set(exit_layers) - set(meta["exit_layers"])))
+        if missing:  # the targets are there: only the new layers' states are computed
+            add_exit_layers(cache, Teacher(model_dir, device), missing, log)
         log(f"teacher features: reusing {cache.directory}")
         return cache
     if meta and (meta.get("key") != digest or not set(exit_layers) <= set(meta["exit_layers"])):
         exit_layers = tuple(sorted(set(exit_layers) | set(meta.get("exit_layers", [])))) if meta.get("key") == digest else exit_layers
-        shutil.rmtree(cache.directory)  # other contents or fewer exit layers: start over
+        shutil.rmtree(cache.directory)  # other contents, or an unfinished build with fewer exit layers: start over
     cache.directory.mkdir(parents=True, exist_ok=True)
     teacher = Teacher(model_dir, device)
     chosen = select_examples(examples, teacher, settings)
@@ -151,6 +155,33 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
     meta["build_seconds"] = round(time.perf_counter() - start, 1)  # of the last (possibly resumed) build
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return cache
+
+
+def add_exit_layers(cache: FeatureCache, teacher: Teacher, layers: tuple[int, ...], log: Callable[[str], None] = print,
+                    ) -> None:
+    """Add hidden states of more exit layers to a complete cache, shard by shard (resumable: a shard that holds
+    them is skipped); ``meta.json`` lists the new layers once every shard has them.
+
+    The states come from a full-sequence pass of the layers below the deepest new one. For scored responses that
+    is exactly the pass that built the cache; for self-distilled ones the first build took them from the
+    generation pass (incremental, left-padded), which differs from this one in the last bits only."""
+    meta = cache.meta
+    log(f"teacher features: adding exit layers {', '.join(map(str, layers))} to {cache.directory}")
+    start = time.perf_counter()
+    for i in tqdm(range(meta["shards"]), desc="exit layers", unit="shard"):
+        shard = cache.directory / f"shard-{i:05d}.pt"
+        records = torch.load(shard, weights_only=True)
+        todo = tuple(l for l in layers if any(l not in r["hidden"] for r in records))
+        if not todo:
+            continue  # resumed
+        for record in records:
+            record["hidden"].update(teacher.exit_states(record["input_ids"], todo))
+        tmp = shard.with_suffix(".tmp")
+        torch.save(records, tmp)
+        tmp.rename(shard)
+    meta["exit_layers"] = sorted(set(meta["exit_layers"]) | set(layers))
+    meta["exit_layer_seconds"] = round(time.perf_counter() - start, 1)
+    (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 def _batches(chosen: list[tuple[Example, list[int]]], settings: FeatureSettings) -> list[list[tuple[int, Example, list[int]]]]:

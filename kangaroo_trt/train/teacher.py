@@ -43,6 +43,10 @@ class SequenceFeatures:
         return dict(vars(self))
 
 
+class _Enough(Exception):
+    """Raised by a forward hook once the deepest requested layer has run: the rest of the model is not needed."""
+
+
 def _topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     probs, ids = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
     return ids.to(torch.int32), probs.to(torch.float16)
@@ -89,6 +93,34 @@ class Teacher:
         hidden = {l: out.hidden_states[l][0, :n - 1].to(torch.float16).cpu() for l in exit_layers}
         topk_ids, topk_probs = _topk(out.logits[0, :-1], top_k)
         return SequenceFeatures(index, ids[0].to(torch.int32).cpu(), p, hidden, topk_ids.cpu(), topk_probs.cpu())
+
+    @torch.no_grad()
+    def exit_states(self, input_ids: torch.Tensor, exit_layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """Hidden states after ``exit_layers`` (fp16 [n-1, hidden]) for a whole sequence, from the layers below
+        the deepest one only: adding an exit layer to a cache costs a shallow pass, not the teacher's full pass.
+
+        For a scored response these equal what ``score`` stores (the same layers over the same tokens)."""
+        captured: dict[int, torch.Tensor] = {}
+        deepest = max(exit_layers)
+
+        def keep(layer: int):
+            def hook(module, args, output):
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+                if layer == deepest:
+                    raise _Enough
+            return hook
+
+        # hidden_states[l] of the full pass is the output of decoder layer l - 1
+        handles = [self.model.model.layers[l - 1].register_forward_hook(keep(l)) for l in exit_layers]
+        try:
+            self.model(input_ids.to(self.device, torch.long)[None], logits_to_keep=1)
+        except _Enough:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        n = input_ids.shape[0]
+        return {l: captured[l][0, :n - 1].to(torch.float16).cpu() for l in exit_layers}
 
     @torch.no_grad()
     def generate(self, indices: list[int], prompts: list[list[int]], max_new_tokens: int,
