@@ -301,3 +301,37 @@ def test_restricted_head_trains_on_the_rows_inference_drafts_from(chat_model, fe
     metrics = trainer_module.evaluate(result.modules, heldout)
     assert metrics["tokens"] == tokens and metrics["top1"] == pytest.approx(hits / tokens)
     assert result.history[-1]["heldout"]["top1"] == pytest.approx(hits / tokens)
+
+
+def test_training_goes_on_from_a_saved_adapter(chat_model, features, tmp_path):
+    """init_from: training starts from the saved adapter's weights (not a fresh copy-init), keeps its MLP and draft
+    head, records where it came from, and refuses settings the adapter cannot take."""
+    from kangaroo_trt.model.weights import load_adapter, save_adapter
+
+    sequences = features.load(2)
+    parent = train(chat_model, sequences, TrainConfig(**{**FAST, "epochs": 2, "draft_vocab": 10, "adapter_mlp": True}),
+                   tmp_path / "parent-run", log=lambda _: None)
+    save_adapter(parent.modules, tmp_path / "parent", {"draft_vocab": parent.draft_vocab,
+                                                       "training": {"history": parent.history}})
+    still = train(chat_model, sequences, TrainConfig(**{**FAST, "epochs": 1, "lr": 1e-12,
+                                                        "init_from": str(tmp_path / "parent")}),
+                  tmp_path / "still", log=lambda _: None)
+    assert still.heldout["loss"] == pytest.approx(parent.heldout["loss"], abs=1e-5)  # the parent's weights, not copy-init
+    assert still.init_from == {"path": str(tmp_path / "parent"), "heldout": parent.heldout}
+    assert still.draft_vocab == parent.draft_vocab
+    assert torch.equal(still.modules.adapter.draft_vocab, parent.modules.adapter.draft_vocab)
+    assert still.modules.adapter.layers["0"].mlp is not None
+
+    further = train(chat_model, sequences, TrainConfig(**{**FAST, "epochs": 8, "init_from": str(tmp_path / "parent")}),
+                    tmp_path / "further", log=lambda _: None)
+    train_set, _ = trainer_module.split(sequences, FAST["heldout_fraction"])
+    assert (trainer_module.evaluate(further.modules, train_set)["loss"]
+            < trainer_module.evaluate(parent.modules, train_set)["loss"] - 0.02)
+    assert load_adapter(tmp_path / "parent").spec.mlp_size  # the parent's files are only read
+
+    with pytest.raises(ConfigError, match="exit layer 2, not 1: pass --exit-layer 2"):
+        train(chat_model, features.load(1), TrainConfig(**{**FAST, "exit_layer": 1, "init_from": str(tmp_path / "parent")}),
+              tmp_path / "bad", log=lambda _: None)
+    with pytest.raises(ConfigError, match="drafts from 10 tokens, not 20"):
+        train(chat_model, sequences, TrainConfig(**{**FAST, "draft_vocab": 20, "init_from": str(tmp_path / "parent")}),
+              tmp_path / "bad2", log=lambda _: None)

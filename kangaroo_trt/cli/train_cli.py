@@ -71,6 +71,8 @@ def training_options(command):
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
 @click.option("--init", type=click.Choice(INITS), default=TrainConfig.init, show_default=True,
               help="copy: start from the target's layer-EXIT_LAYER attention and final norm.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Go on training this adapter directory (e.g. on your own traffic): its geometry and draft head stay.")
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed records instead of stopping at the first.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
 @click.option("--gamma", type=int, default=None, help="Decoding default written into the adapter (kangaroo-tune picks one).")
@@ -78,7 +80,7 @@ def training_options(command):
 @training_options
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
-         lr, sequences_per_step, heldout_fraction, init, seed, exclude, skip_bad_lines, cache_dir, gamma, tau, device,
+         lr, sequences_per_step, heldout_fraction, init, init_from, seed, exclude, skip_bad_lines, cache_dir, gamma, tau, device,
          threads, draft_vocab, adapter_mlp) -> None:
     """Train the adapter (target frozen) on the paper's objective and write OUT with a TRAINING_CARD.md.
 
@@ -101,7 +103,7 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
                                max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, init=init, seed=seed, draft_vocab=draft_vocab,
-                         adapter_mlp=adapter_mlp)
+                         adapter_mlp=adapter_mlp, init_from=str(init_from or ""))
     train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), decode=decode, log=click.echo)
 
 

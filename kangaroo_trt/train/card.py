@@ -17,6 +17,13 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
     return markdown_table([title for _, title in columns], [[cell(row.get(key, "")) for key, _ in columns] for row in rows])
 
 
+def _init(train: dict, parent: dict | None) -> str:
+    if not parent:
+        return f"adapter init `{train['init']}`"
+    top1 = (parent.get("heldout") or {}).get("top1")
+    return f"trained further from the adapter `{parent['path']}`" + (f" (its held-out top-1 {top1:.3f})" if top1 else "")
+
+
 def _head(train: dict, meta: dict) -> str:
     vocab = meta.get("draft_vocab")
     if not vocab:
@@ -35,7 +42,7 @@ def write_card(adapter_dir: Path) -> Path:
     if training:
         data, teacher, train = training["data"], training["teacher"], training["train"]
         responses = "greedy self-distilled by the target model" if teacher["self_distill"] else "as given in the data"
-        block = "attention block + MLP (this project's variant)" if train.get("adapter_mlp") else "attention block (the paper's)"
+        block = "attention block + MLP (this project's variant)" if cfg["adapter"].get("mlp_size") else "attention block (the paper's)"
         teacher_pass = "greedy generation + hidden states" if teacher["self_distill"] else "the target's pass over the responses"
         lines += [
             "## Data",
@@ -49,7 +56,7 @@ def write_card(adapter_dir: Path) -> Path:
             "",
             "## Training",
             f"- objective: soft cross-entropy to the target's next-token distribution, response tokens only; "
-            f"target frozen, adapter init `{train['init']}`",
+            f"target frozen, {_init(train, training.get('init_from'))}",
             f"- adapter: {block}; draft head: {_head(train, meta)}",
             f"- {train['epochs']} epochs, {training['steps']} steps of {train['sequences_per_step']} sequences, "
             f"AdamW {tuple(train['betas'])}, lr {train['lr']} (warm-up {train['warmup_steps']}, cosine), seed {train['seed']}",

@@ -72,6 +72,8 @@ def train_adapter(model: str, source: DataSource, out: Path, config: TrainConfig
         meta["decode"] = decode
     if result.draft_vocab:
         meta["draft_vocab"] = result.draft_vocab
+    if result.init_from:
+        meta["training"]["init_from"] = result.init_from
     save_adapter(result.modules, out, meta)
     write_card(Path(out))
     finish(Path(out))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..config import AdapterSpec, ModelSpec, check_exit_layer
 from ..errors import ConfigError
 from ..model.graphs import KangarooModules
-from ..model.weights import build_modules, load_hf_config, random_adapter
+from ..model.weights import AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter
 from .draft_vocab import restrict
 from .objective import Metrics, draft_logits, head_rows, soft_cross_entropy
 from .teacher import SequenceFeatures
@@ -52,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     draft_vocab: int = 0  # > 0: train and write a draft head over this many most frequent response tokens
     adapter_mlp: bool = False  # the MLP variant (AdapterSpec.mlp_size); the paper's adapter is attention only
+    init_from: str = ""  # an adapter directory to go on training (its geometry and draft head); "" starts anew
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -73,6 +74,7 @@ class TrainResult:
     heldout_tokens: int
     history: list[dict] = field(default_factory=list)  # per epoch: train and held-out metrics
     draft_vocab: dict | None = None  # size, source and coverage of a restricted draft head
+    init_from: dict | None = None  # the adapter training went on from, and its held-out metrics
 
     @property
     def heldout(self) -> dict[str, float]:
@@ -109,6 +111,26 @@ def init_adapter(modules: KangarooModules, how: str, seed: int) -> None:
             p.data.zero_()
         elif name.endswith("norm.weight"):
             p.data.fill_(1.0)
+
+
+def continued_adapter(path: Path, config: TrainConfig) -> AdapterCheckpoint:
+    """The adapter in ``path``, to be trained further: it keeps its geometry (MLP or not) and its draft head,
+    and must have been trained for ``config.exit_layer``."""
+    adapter = load_adapter(path)
+    if adapter.exit_layer is not None and adapter.exit_layer != config.exit_layer:
+        raise ConfigError(f"{path} was trained for exit layer {adapter.exit_layer}, not {config.exit_layer}: "
+                          f"pass --exit-layer {adapter.exit_layer}")
+    rows = adapter.tensors.get("draft_vocab")
+    if config.draft_vocab and (rows is None or rows.numel() != config.draft_vocab):
+        have = "the full vocabulary" if rows is None else f"{rows.numel()} tokens"
+        raise ConfigError(f"{path} drafts from {have}, not {config.draft_vocab}: drop --draft-vocab (an adapter "
+                          "goes on with its own draft head)")
+    if config.adapter_mlp and not adapter.spec.mlp_size:
+        raise ConfigError(f"{path} is an attention-only adapter: drop --adapter-mlp to go on training it")
+    parent = adapter.meta.get("training", {}).get("history", [{}])[-1].get("heldout")
+    adapter.meta = {k: v for k, v in adapter.meta.items() if k == "draft_vocab"}
+    adapter.meta["init_from"] = {"path": str(path), "heldout": parent}
+    return adapter
 
 
 def trainable(modules: KangarooModules) -> list[torch.nn.Parameter]:
@@ -151,12 +173,17 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
     train_set, heldout = split(features, config.heldout_fraction)
     model_spec = ModelSpec.from_hf_config(load_hf_config(model_dir))
     check_exit_layer(model_spec, config.exit_layer)
-    adapter, coverage = random_adapter(AdapterSpec.like(model_spec, mlp=config.adapter_mlp), config.seed), None
-    if config.draft_vocab:  # chosen from the training split only, so the held-out metrics stay honest
-        adapter, coverage = restrict(adapter, train_set, model_spec.vocab_size, config.draft_vocab)
-        log(f"draft head: {config.draft_vocab} tokens ({coverage:.1%} of the training response tokens)")
+    if config.init_from:
+        adapter = continued_adapter(Path(config.init_from), config)
+        log(f"going on from the adapter in {config.init_from}")
+    else:
+        adapter = random_adapter(AdapterSpec.like(model_spec, mlp=config.adapter_mlp), config.seed)
+        if config.draft_vocab:  # chosen from the training split only, so the held-out metrics stay honest
+            adapter, coverage = restrict(adapter, train_set, model_spec.vocab_size, config.draft_vocab)
+            log(f"draft head: {config.draft_vocab} tokens ({coverage:.1%} of the training response tokens)")
     modules = build_modules(model_dir, adapter, config.exit_layer)
-    init_adapter(modules, config.init, config.seed)
+    if not config.init_from:
+        init_adapter(modules, config.init, config.seed)
     del modules.deep.layers  # the verifier is not needed for training: free its memory
     modules.adapter.to(device)
     params = trainable(modules)
@@ -192,7 +219,8 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
     bar.close()
     modules.adapter.cpu().requires_grad_(False)
     return TrainResult(modules, step, time.perf_counter() - start, sum(f.response_len for f in train_set),
-                       sum(f.response_len for f in heldout), history, adapter.meta.get("draft_vocab"))
+                       sum(f.response_len for f in heldout), history, adapter.meta.get("draft_vocab"),
+                       adapter.meta.get("init_from"))
 
 
 def _step(modules, batch, optimizer, params, config: TrainConfig, lr_factor: float, device: str) -> Metrics:
