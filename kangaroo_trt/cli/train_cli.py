@@ -49,9 +49,6 @@ _TRAINING_OPTIONS = (  # defaults: the dataclasses' (FeatureSettings: the teache
     click.option("--adapter-mlp/--no-adapter-mlp", default=TrainConfig.adapter_mlp, show_default=True,
                  help="Add the decoder block's MLP to the adapter (this project's variant, recorded in its config; "
                       "the paper's adapter is attention only)."),
-    click.option("--target-temperature", type=float, default=TrainConfig.target_temperature, show_default=True,
-                 help="Below 1: sharpen the target's distribution in the loss towards its top-1, the token greedy "
-                      "decoding accepts (1: the paper's soft cross-entropy)."),
 )
 
 
@@ -84,7 +81,7 @@ def training_options(command):
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
          lr, sequences_per_step, heldout_fraction, init, init_from, seed, exclude, skip_bad_lines, cache_dir, gamma, tau, device,
-         threads, draft_vocab, adapter_mlp, target_temperature) -> None:
+         threads, draft_vocab, adapter_mlp) -> None:
     """Train the adapter (target frozen) on the paper's objective and write OUT with a TRAINING_CARD.md.
 
     Interrupted runs resume from OUT's checkpoint and the cached teacher features.
@@ -106,8 +103,7 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
                                max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(exit_layer=exit_layer, epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
                          heldout_fraction=heldout_fraction, init=init, seed=seed, draft_vocab=draft_vocab,
-                         adapter_mlp=adapter_mlp, init_from=str(init_from or ""),
-                         target_temperature=target_temperature)
+                         adapter_mlp=adapter_mlp, init_from=str(init_from or ""))
     train_adapter(model, source, out, config, settings, cache_dir, pick_device(device), decode=decode, log=click.echo)
 
 

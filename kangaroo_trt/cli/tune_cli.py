@@ -48,7 +48,7 @@ def _joined(values: tuple) -> str:
 @user_errors
 def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts, max_new_tokens, runtime_threads,
          workdir, self_distill, max_examples, max_prompt_tokens, top_k, epochs, lr, sequences_per_step,
-         heldout_fraction, seed, exclude, device, threads, draft_vocab, adapter_mlp, target_temperature) -> None:
+         heldout_fraction, seed, exclude, device, threads, draft_vocab, adapter_mlp) -> None:
     """Sweep exit layers (optional) and gamma x tau; print the table and write the winner into the adapter."""
     quiet_libraries()
     from ..train.pipeline import DataSource, default_exclude
@@ -59,8 +59,7 @@ def main(model, data, out, exit_layers, candidate_epochs, gammas, taus, prompts,
     settings = FeatureSettings(self_distill=self_distill, max_examples=max_examples, max_prompt_tokens=max_prompt_tokens,
                                max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
     config = TrainConfig(epochs=epochs, lr=lr, sequences_per_step=sequences_per_step,
-                         heldout_fraction=heldout_fraction, seed=seed, draft_vocab=draft_vocab, adapter_mlp=adapter_mlp,
-                         target_temperature=target_temperature)
+                         heldout_fraction=heldout_fraction, seed=seed, draft_vocab=draft_vocab, adapter_mlp=adapter_mlp)
     sweep = SweepConfig(exit_layers=_numbers(exit_layers, int, "--exit-layers"), candidate_epochs=candidate_epochs,
                         gammas=_numbers(gammas, int, "--gammas"), taus=_numbers(taus, float, "--taus"), prompts=prompts,
                         max_new_tokens=max_new_tokens, threads=runtime_threads)

@@ -17,11 +17,6 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
     return markdown_table([title for _, title in columns], [[cell(row.get(key, "")) for key, _ in columns] for row in rows])
 
 
-def _sharpened(train: dict) -> str:
-    t = train.get("target_temperature", 1.0)
-    return "" if t == 1.0 else f" sharpened to temperature {t}"
-
-
 def _init(train: dict, parent: dict | None) -> str:
     if not parent:
         return f"adapter init `{train['init']}`"
@@ -60,7 +55,7 @@ def write_card(adapter_dir: Path) -> Path:
             f"({train['heldout_fraction']:.0%} of examples held out)",
             "",
             "## Training",
-            f"- objective: soft cross-entropy to the target's next-token distribution{_sharpened(train)}, response tokens only; "
+            f"- objective: soft cross-entropy to the target's next-token distribution, response tokens only; "
             f"target frozen, {_init(train, training.get('init_from'))}",
             f"- adapter: {block}; draft head: {_head(train, meta)}",
             f"- {train['epochs']} epochs, {training['steps']} steps of {train['sequences_per_step']} sequences, "

@@ -69,19 +69,16 @@ class Metrics:
 
 
 def soft_cross_entropy(logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs: torch.Tensor,
-                       temperature: float = 1.0) -> tuple[torch.Tensor, Metrics]:
+                       ) -> tuple[torch.Tensor, Metrics]:
     """Summed soft cross-entropy over positions (for backward) and the detached metric sums.
 
-    ``topk_ids`` are rows of the head (``head_rows``); -1 marks a teacher token the head cannot draft.
-    ``temperature`` < 1 sharpens the target towards its top-1 (what greedy decoding accepts): p^(1/T),
-    renormalised; the metrics always use p itself."""
+    ``topk_ids`` are rows of the head (``head_rows``); -1 marks a teacher token the head cannot draft."""
     log_q = torch.log_softmax(logits, dim=-1)
     ids = topk_ids.long()
     kept = ids >= 0
     p = topk_probs.float()
     log_q_top = log_q.gather(-1, ids.clamp(min=0)) * kept  # [T, k]
-    target = p if temperature == 1.0 else torch.softmax(torch.log(p.clamp(min=1e-12)) / temperature, dim=-1)
-    loss = -((target / target.sum(-1, keepdim=True)) * log_q_top).sum()
+    loss = -((p / p.sum(-1, keepdim=True)) * log_q_top).sum()
     with torch.no_grad():
         acceptance = (torch.minimum(p, log_q_top.exp()) * kept).sum()
         top1 = (logits.argmax(-1) == ids[:, 0]).sum()

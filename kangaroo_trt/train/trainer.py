@@ -52,7 +52,6 @@ class TrainConfig:
     checkpoint_every: int = 25
     draft_vocab: int = 0  # > 0: train and write a draft head over this many most frequent response tokens
     adapter_mlp: bool = False  # the MLP variant (AdapterSpec.mlp_size); the paper's adapter is attention only
-    target_temperature: float = 1.0  # < 1 sharpens the teacher's distribution in the loss (1: the paper's)
     init_from: str = ""  # an adapter directory to go on training (its geometry and draft head); "" starts anew
 
     def __post_init__(self) -> None:
@@ -62,8 +61,6 @@ class TrainConfig:
             raise ConfigError(f"heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
         if self.epochs < 1 or self.sequences_per_step < 1 or self.lr <= 0:
             raise ConfigError("epochs, sequences_per_step and lr must be positive")
-        if not self.target_temperature > 0:
-            raise ConfigError(f"target_temperature must be > 0, got {self.target_temperature}")
         if self.draft_vocab < 0:
             raise ConfigError(f"draft_vocab must be >= 0 (0: the full vocabulary), got {self.draft_vocab}")
 
@@ -152,10 +149,9 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _sequence(adapter, f: SequenceFeatures, exit_layer: int, device: str, temperature: float = 1.0,
-              ) -> tuple[torch.Tensor, Metrics]:
+def _sequence(adapter, f: SequenceFeatures, exit_layer: int, device: str) -> tuple[torch.Tensor, Metrics]:
     logits = draft_logits(adapter, f.hidden[exit_layer].to(device).float(), f.prompt_len - 1)
-    return soft_cross_entropy(logits, head_rows(adapter, f.topk_ids.to(device)), f.topk_probs.to(device), temperature)
+    return soft_cross_entropy(logits, head_rows(adapter, f.topk_ids.to(device)), f.topk_probs.to(device))
 
 
 @torch.no_grad()
@@ -235,7 +231,7 @@ def _step(modules, batch, optimizer, params, config: TrainConfig, lr_factor: flo
     tokens = sum(f.response_len for f in batch)
     metrics = Metrics()
     for f in batch:
-        loss, m = _sequence(modules.adapter, f, config.exit_layer, device, config.target_temperature)
+        loss, m = _sequence(modules.adapter, f, config.exit_layer, device)
         (loss / tokens).backward()
         metrics.add(m)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
