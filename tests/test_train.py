@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -123,6 +124,30 @@ def test_an_exit_layer_added_to_a_cache_equals_a_fresh_build(chat_model, tmp_pat
     for a, b in zip(targets, grown.load(3), strict=True):
         assert torch.equal(a.topk_ids, b.topk_ids) and torch.equal(a.topk_probs, b.topk_probs)
         assert not torch.equal(a.hidden[1], b.hidden[3])  # a different layer, not a copy
+
+def test_a_larger_build_starts_from_a_smaller_ones_shards(chat_model, tmp_path):
+    """Scored responses: a cache of more examples takes a complete smaller cache's full shards (same target, data
+    and settings) and scores only the rest; what it holds equals a build from nothing."""
+    records = [{"conversations": [{"from": "human", "value": f"{TEXTS[i % 4][:12 + i]} {i}"},
+                                  {"from": "gpt", "value": TEXTS[(i + 2) % 4][:25 + i]}]} for i in range(14)]
+    examples = read_examples(write_jsonl(tmp_path / "chat.jsonl", records))
+    small = FeatureSettings(self_distill=False, max_examples=6, max_new_tokens=16, top_k=8, batch_size=4)
+    large = FeatureSettings(self_distill=False, max_examples=12, max_new_tokens=16, top_k=8, batch_size=4)
+    logs = []
+    smaller = build_features(chat_model, examples, small, (2,), tmp_path / "caches" / "small", log=logs.append)
+    grown = build_features(chat_model, examples, large, (2,), tmp_path / "caches" / "large", log=logs.append)
+    assert "the first 4 examples come from" in logs[-1]  # one full shard of 4; the partial one is scored again
+    assert (grown.directory / "shard-00000.pt").read_bytes() == (smaller.directory / "shard-00000.pt").read_bytes()
+    fresh = build_features(chat_model, examples, large, (2,), tmp_path / "alone" / "large", log=logs.append)
+    assert not any("come from" in line for line in logs[3:])
+    assert grown.meta["examples"] == fresh.meta["examples"] == 12
+    for a, b in zip(grown.load(2), fresh.load(2), strict=True):
+        assert a.index == b.index and torch.equal(a.input_ids, b.input_ids) and torch.equal(a.hidden[2], b.hidden[2])
+        assert torch.equal(a.topk_ids, b.topk_ids) and torch.equal(a.topk_probs, b.topk_probs)
+    other = build_features(chat_model, examples, dataclasses.replace(large, top_k=4), (2,), tmp_path / "caches" / "k4",
+                           log=logs.append)
+    assert "come from" not in logs[-1] and other.meta["examples"] == 12  # other settings: nothing reused
+
 
 # --- training ----------------------------------------------------------------------------------------------
 def test_loss_falls_and_metrics_rise(chat_model, features, tmp_path):

@@ -5,7 +5,9 @@ weight files, the selected examples, ``FeatureSettings``); it lives under
 ``$KANGAROO_TRT_CACHE/train-features/<key>`` unless a directory is given. Shards are written atomically,
 so an interrupted build resumes at the first missing shard. ``meta.json`` records the exit layers
 whose hidden states the shards hold; asking a complete cache for another layer adds that layer's states with a
-shallow pass (``add_exit_layers``), keeping the teacher's targets.
+shallow pass (``add_exit_layers``), keeping the teacher's targets. A build of more scored examples starts from
+the full shards of a smaller complete build of the same target, data and settings (``smaller_build``), so a
+teacher pass over a large data set can grow over several runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -106,11 +109,43 @@ class FeatureCache:
         return sorted(out, key=lambda f: f.index)
 
 
-def cache_key(model_dir: Path, examples: list[Example], settings: FeatureSettings) -> str:
-    """What a cache's contents are a function of: the target, all the examples and the teacher's settings."""
+def cache_key(model_dir: Path, examples: list[Example] | str, settings: FeatureSettings) -> str:
+    """What a cache's contents are a function of: the target, all the examples (or their ``examples_digest``)
+    and the teacher's settings."""
+    digest = examples if isinstance(examples, str) else examples_digest(examples)
     return hashlib.sha256(json.dumps({
         "version": CACHE_VERSION, "model": _model_fingerprint(model_dir), "settings": dataclasses.asdict(settings),
-        "examples": hashlib.sha256(repr(examples).encode()).hexdigest()}, sort_keys=True).encode()).hexdigest()
+        "examples": digest}, sort_keys=True).encode()).hexdigest()
+
+
+def examples_digest(examples: list[Example]) -> str:
+    return hashlib.sha256(repr(examples).encode()).hexdigest()
+
+
+def smaller_build(model_dir: Path, examples: list[Example], settings: FeatureSettings, exit_layers: tuple[int, ...],
+                  root: Path) -> FeatureCache | None:
+    """The largest complete cache under ``root`` of the same target, data and settings but fewer examples, holding
+    ``exit_layers``: its full shards are this build's first shards. Scored responses only: their shards hold the
+    examples in selection order (the first N selected are the same for any ``max_examples`` >= N); self-distilled
+    batches are grouped by prompt length, so they differ."""
+    if settings.self_distill:
+        return None
+    digest, best = examples_digest(examples), None
+    for path in sorted(root.glob("*/meta.json")):
+        other = FeatureCache(path.parent)
+        try:
+            meta = other.meta
+        except (OSError, ValueError):
+            continue  # not one of ours, or being written
+        size = meta.get("settings", {}).get("max_examples")
+        if (not meta.get("complete") or not isinstance(size, int) or size >= settings.max_examples
+                or not set(exit_layers) <= set(meta.get("exit_layers", []))):
+            continue
+        if meta.get("key") != cache_key(model_dir, digest, dataclasses.replace(settings, max_examples=size)):
+            continue
+        if best is None or meta["examples"] > best.meta["examples"]:
+            best = other
+    return best
 
 
 def build_features(model_dir: Path, examples: list[Example], settings: FeatureSettings, exit_layers: tuple[int, ...],
@@ -138,6 +173,13 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     what = "self-distilling (greedy generation)" if settings.self_distill else "scoring responses"
     log(f"teacher features: {what} for {len(chosen)} examples into {cache.directory}")
+    if smaller := smaller_build(model_dir, examples, settings, exit_layers, cache.directory.parent):
+        reused = min(smaller.meta["examples"] // settings.batch_size, len(batches))
+        for i in range(reused):
+            shard = cache.directory / f"shard-{i:05d}.pt"
+            if not shard.is_file():
+                _link_or_copy(smaller.directory / shard.name, shard)
+        log(f"teacher features: the first {reused * settings.batch_size} examples come from {smaller.directory}")
     start = time.perf_counter()
     for i, batch in enumerate(tqdm(batches, desc="teacher", unit="batch")):
         shard = cache.directory / f"shard-{i:05d}.pt"
@@ -155,6 +197,17 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
     meta["build_seconds"] = round(time.perf_counter() - start, 1)  # of the last (possibly resumed) build
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return cache
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows it (shards are replaced, never written in place), else a copy."""
+    tmp = target.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.rename(target)
 
 
 def add_exit_layers(cache: FeatureCache, teacher: Teacher, layers: tuple[int, ...], log: Callable[[str], None] = print,
