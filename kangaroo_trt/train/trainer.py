@@ -115,7 +115,8 @@ def init_adapter(modules: KangarooModules, how: str, seed: int) -> None:
 
 def continued_adapter(path: Path, config: TrainConfig) -> AdapterCheckpoint:
     """The adapter in ``path``, to be trained further: it keeps its geometry (MLP or not) and its draft head,
-    and must have been trained for ``config.exit_layer``."""
+    and must have been trained for ``config.exit_layer``. The held-out split is this run's: on other data drawn
+    from the same source, examples the parent trained on may fall in it and flatter the held-out metrics."""
     adapter = load_adapter(path)
     if adapter.exit_layer is not None and adapter.exit_layer != config.exit_layer:
         raise ConfigError(f"{path} was trained for exit layer {adapter.exit_layer}, not {config.exit_layer}: "
