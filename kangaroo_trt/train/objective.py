@@ -9,7 +9,7 @@ only. p is kept as its top-k (renormalised for the loss); the metrics are
 * top-1 agreement: argmax q == argmax p, what greedy Kangaroo accepts.
 
 With a restricted draft head (``draft_vocab``) q is the softmax over the kept rows, as at inference; the
-teacher's tokens outside them count as misses and carry no loss (``head_rows`` maps them to -1).
+teacher's tokens outside them count as misses and carry no loss (``token_rows`` maps them to -1).
 """
 
 from __future__ import annotations
@@ -38,14 +38,15 @@ def draft_logits(adapter: AdapterGraph, hidden: torch.Tensor, first: int) -> tor
     return adapter.head(x[0, first:])
 
 
-def head_rows(adapter: AdapterGraph, ids: torch.Tensor) -> torch.Tensor:
-    """Token ids -> rows of the adapter's draft head (-1 for tokens a restricted head does not keep)."""
-    ids, vocab = ids.long(), adapter.draft_vocab
+def token_rows(adapter: AdapterGraph, vocab_size: int) -> torch.Tensor | None:
+    """Token id -> row of the adapter's restricted draft head (-1 for tokens it does not keep), built once per
+    run; None for a full head (rows are token ids)."""
+    vocab = adapter.draft_vocab
     if vocab is None:
-        return ids
-    rows = torch.full((max(int(vocab.max()), int(ids.max())) + 1,), -1, dtype=torch.long, device=ids.device)
-    rows[vocab] = torch.arange(len(vocab), device=ids.device)
-    return rows[ids]
+        return None
+    rows = torch.full((vocab_size,), -1, dtype=torch.long, device=vocab.device)
+    rows[vocab] = torch.arange(len(vocab), device=vocab.device)
+    return rows
 
 
 @dataclass
@@ -72,7 +73,7 @@ def soft_cross_entropy(logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs:
                        ) -> tuple[torch.Tensor, Metrics]:
     """Summed soft cross-entropy over positions (for backward) and the detached metric sums.
 
-    ``topk_ids`` are rows of the head (``head_rows``); -1 marks a teacher token the head cannot draft."""
+    ``topk_ids`` are rows of the head (``token_rows``); -1 marks a teacher token the head cannot draft."""
     log_q = torch.log_softmax(logits, dim=-1)
     ids = topk_ids.long()
     kept = ids >= 0

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..model.graphs import KangarooModules
 from ..model.weights import AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter
 from .draft_vocab import restrict
-from .objective import Metrics, draft_logits, head_rows, soft_cross_entropy
+from .objective import Metrics, draft_logits, soft_cross_entropy, token_rows
 from .teacher import SequenceFeatures
 
 STATE_FILE = ".train-state.pt"
@@ -150,17 +150,20 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _sequence(adapter, f: SequenceFeatures, exit_layer: int, device: str) -> tuple[torch.Tensor, Metrics]:
+def _sequence(adapter, f: SequenceFeatures, exit_layer: int, rows: torch.Tensor | None, device: str,
+              ) -> tuple[torch.Tensor, Metrics]:
+    """Loss and metrics of one sequence; ``rows``: ``token_rows`` of a restricted head (None: full head)."""
     logits = draft_logits(adapter, f.hidden[exit_layer].to(device).float(), f.prompt_len - 1)
-    return soft_cross_entropy(logits, head_rows(adapter, f.topk_ids.to(device)), f.topk_probs.to(device))
+    ids = f.topk_ids.to(device).long()
+    return soft_cross_entropy(logits, ids if rows is None else rows[ids], f.topk_probs.to(device))
 
 
 @torch.no_grad()
 def evaluate(modules: KangarooModules, features: list[SequenceFeatures], device: str = "cpu") -> dict[str, float]:
     """Held-out loss, expected acceptance and top-1 agreement per response token."""
-    total = Metrics()
+    total, rows = Metrics(), token_rows(modules.adapter, modules.model_spec.vocab_size)
     for f in features:
-        total.add(_sequence(modules.adapter, f, modules.exit_layer, device)[1])
+        total.add(_sequence(modules.adapter, f, modules.exit_layer, rows, device)[1])
     return total.mean()
 
 
@@ -187,6 +190,7 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
         init_adapter(modules, config.init, config.seed)
     del modules.deep.layers  # the verifier is not needed for training: free its memory
     modules.adapter.to(device)
+    rows = token_rows(modules.adapter, model_spec.vocab_size)
     params = trainable(modules)
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.sequences_per_step)
@@ -203,7 +207,8 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
         running = Metrics()
         for s in range(offset, steps_per_epoch):
             batch = [train_set[i] for i in order[s * config.sequences_per_step:(s + 1) * config.sequences_per_step]]
-            step_metrics = _step(modules, batch, optimizer, params, config, _lr_factor(step, config.warmup_steps, total_steps), device)
+            step_metrics = _step(modules, batch, rows, optimizer, params, config,
+                                 _lr_factor(step, config.warmup_steps, total_steps), device)
             running.add(step_metrics)
             step += 1
             bar.update(1)
@@ -224,7 +229,7 @@ def train(model_dir: Path, features: list[SequenceFeatures], config: TrainConfig
                        adapter.meta.get("init_from"))
 
 
-def _step(modules, batch, optimizer, params, config: TrainConfig, lr_factor: float, device: str) -> Metrics:
+def _step(modules, batch, rows, optimizer, params, config: TrainConfig, lr_factor: float, device: str) -> Metrics:
     """One optimizer step: token-weighted mean soft cross-entropy over the batch's response tokens."""
     for group in optimizer.param_groups:
         group["lr"] = config.lr * lr_factor
@@ -232,7 +237,7 @@ def _step(modules, batch, optimizer, params, config: TrainConfig, lr_factor: flo
     tokens = sum(f.response_len for f in batch)
     metrics = Metrics()
     for f in batch:
-        loss, m = _sequence(modules.adapter, f, config.exit_layer, device)
+        loss, m = _sequence(modules.adapter, f, config.exit_layer, rows, device)
         (loss / tokens).backward()
         metrics.add(m)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
