@@ -109,28 +109,27 @@ class FeatureCache:
         return sorted(out, key=lambda f: f.index)
 
 
-def cache_key(model_dir: Path, examples: list[Example] | str, settings: FeatureSettings) -> str:
-    """What a cache's contents are a function of: the target, all the examples (or their ``examples_digest``)
-    and the teacher's settings."""
-    digest = examples if isinstance(examples, str) else examples_digest(examples)
+def cache_key(model_dir: Path, examples: str, settings: FeatureSettings) -> str:
+    """What a cache's contents are a function of: the target, all the examples (their ``examples_digest``) and
+    the teacher's settings."""
     return hashlib.sha256(json.dumps({
         "version": CACHE_VERSION, "model": _model_fingerprint(model_dir), "settings": dataclasses.asdict(settings),
-        "examples": digest}, sort_keys=True).encode()).hexdigest()
+        "examples": examples}, sort_keys=True).encode()).hexdigest()
 
 
 def examples_digest(examples: list[Example]) -> str:
     return hashlib.sha256(repr(examples).encode()).hexdigest()
 
 
-def smaller_build(model_dir: Path, examples: list[Example], settings: FeatureSettings, exit_layers: tuple[int, ...],
+def smaller_build(model_dir: Path, examples: str, settings: FeatureSettings, exit_layers: tuple[int, ...],
                   root: Path) -> FeatureCache | None:
     """The largest complete cache under ``root`` of the same target, data and settings but fewer examples, holding
     ``exit_layers``: its full shards are this build's first shards. Scored responses only: their shards hold the
     examples in selection order (the first N selected are the same for any ``max_examples`` >= N); self-distilled
-    batches are grouped by prompt length, so they differ."""
+    batches are grouped by prompt length, so they differ. ``examples``: their ``examples_digest``."""
     if settings.self_distill:
         return None
-    digest, best = examples_digest(examples), None
+    best = None
     for path in sorted(root.glob("*/meta.json")):
         other = FeatureCache(path.parent)
         try:
@@ -141,7 +140,7 @@ def smaller_build(model_dir: Path, examples: list[Example], settings: FeatureSet
         if (not meta.get("complete") or not isinstance(size, int) or size >= settings.max_examples
                 or not set(exit_layers) <= set(meta.get("exit_layers", []))):
             continue
-        if meta.get("key") != cache_key(model_dir, digest, dataclasses.replace(settings, max_examples=size)):
+        if meta.get("key") != cache_key(model_dir, examples, dataclasses.replace(settings, max_examples=size)):
             continue
         if best is None or meta["examples"] > best.meta["examples"]:
             best = other
@@ -152,7 +151,8 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
                    cache_dir: Path | None = None, device: str = "cpu", log: Callable[[str], None] = print,
                    ) -> FeatureCache:
     """Run the teacher over the selected examples (resuming an interrupted build) and return the cache."""
-    digest = cache_key(model_dir, examples, settings)
+    examples_key = examples_digest(examples)  # hashed once: both keys below need it
+    digest = cache_key(model_dir, examples_key, settings)
     cache = FeatureCache(cache_dir or cache_root() / "train-features" / digest[:16])
     meta = cache.meta
     if meta.get("key") == digest and meta.get("complete"):
@@ -173,7 +173,7 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     what = "self-distilling (greedy generation)" if settings.self_distill else "scoring responses"
     log(f"teacher features: {what} for {len(chosen)} examples into {cache.directory}")
-    if smaller := smaller_build(model_dir, examples, settings, exit_layers, cache.directory.parent):
+    if smaller := smaller_build(model_dir, examples_key, settings, exit_layers, cache.directory.parent):
         reused = min(smaller.meta["examples"] // settings.batch_size, len(batches))
         for i in range(reused):
             shard = cache.directory / f"shard-{i:05d}.pt"
@@ -190,13 +190,18 @@ def build_features(model_dir: Path, examples: list[Example], settings: FeatureSe
                                     settings.max_new_tokens, exit_layers, settings.top_k) if generate else []
         features += [teacher.score(j, ids, teacher.response_ids(ex, settings.max_new_tokens), exit_layers, settings.top_k)
                      for j, ex, ids in batch if not (settings.self_distill and ex.chat)]
-        tmp = shard.with_suffix(".tmp")
-        torch.save([f.to_dict() for f in features], tmp)
-        tmp.rename(shard)
+        _write_shard([f.to_dict() for f in features], shard)
     meta["complete"] = True
     meta["build_seconds"] = round(time.perf_counter() - start, 1)  # of the last (possibly resumed) build
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return cache
+
+
+def _write_shard(records: list[dict], shard: Path) -> None:
+    """Atomically: a reader (or a resumed build) sees the old shard or the whole new one, never a part."""
+    tmp = shard.with_suffix(".tmp")
+    torch.save(records, tmp)
+    tmp.rename(shard)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -229,9 +234,7 @@ def add_exit_layers(cache: FeatureCache, teacher: Teacher, layers: tuple[int, ..
             continue  # resumed
         for record in records:
             record["hidden"].update(teacher.exit_states(record["input_ids"], todo))
-        tmp = shard.with_suffix(".tmp")
-        torch.save(records, tmp)
-        tmp.rename(shard)
+        _write_shard(records, shard)
     meta["exit_layers"] = sorted(set(meta["exit_layers"]) | set(layers))
     meta["exit_layer_seconds"] = round(time.perf_counter() - start, 1)
     (cache.directory / "meta.json").write_text(json.dumps(meta, indent=2))
