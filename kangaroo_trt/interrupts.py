@@ -4,12 +4,15 @@ Python raises a signal handler's exception wherever the interpreter is; when tha
 (``__del__``, run by the garbage collector) the exception is printed as "ignored" and the program goes on, so an
 export interrupted at that moment would finish and exit 0. The handlers here also record the signal, and
 ``raise_if_interrupted`` raises it again at the points that must not be passed after one: before an export's
-output is renamed into place, and when a command returns.
+output is renamed into place, and when a command returns. Python's "Exception ignored ... Traceback" print for
+such a swallowed signal is silenced (``_quiet_unraisable``): the signal is not lost, so the one-line
+``error: interrupted`` is all the user should see.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -37,6 +40,17 @@ def raise_if_interrupted() -> None:
         raise _exception(_pending)
 
 
+def _quiet_unraisable(previous):
+    """``sys.unraisablehook`` that drops our own signal exceptions swallowed in a finalizer (recorded in
+    ``_pending``, raised again later) and hands anything else to ``previous``."""
+
+    def hook(unraisable) -> None:
+        if _pending is not None and isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            return
+        previous(unraisable)
+    return hook
+
+
 @contextmanager
 def signals_as_exceptions() -> Iterator[None]:
     """SIGINT -> KeyboardInterrupt, SIGTERM -> ``Terminated``, both recorded; only in the main thread (an embedding
@@ -47,9 +61,13 @@ def signals_as_exceptions() -> Iterator[None]:
         previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread
         previous = {}
+    hook = sys.unraisablehook
+    if previous:
+        sys.unraisablehook = _quiet_unraisable(hook)
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
         _pending = None

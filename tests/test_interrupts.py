@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gc
 import signal
+import subprocess
+import sys
+
+from pathlib import Path
 
 import click
 import pytest
@@ -55,3 +59,16 @@ def test_a_command_that_swallowed_ctrl_c_exits_130():
     result = CliRunner().invoke(command, [])
     assert result.exit_code == 130
     assert result.output.strip().splitlines()[-1] == "error: interrupted"
+
+
+def test_a_swallowed_signal_prints_no_traceback():
+    """Python prints a finalizer's exception as "Exception ignored ... Traceback"; ours are recorded and raised
+    again, so that print is dropped (outside pytest, whose own hook collects unraisable exceptions)."""
+    script = ("import signal, sys; sys.path.insert(0, %r); from tests.test_interrupts import swallow; "
+              "from kangaroo_trt.interrupts import signals_as_exceptions\n"
+              "with signals_as_exceptions():\n    swallow(signal.SIGINT)\n"
+              "class Other:\n    def __del__(self): raise ValueError('not ours')\n"
+              "Other()\n") % str(Path(__file__).resolve().parents[1])
+    err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stderr
+    assert "KeyboardInterrupt" not in err  # ours: silenced while the block runs
+    assert "ValueError: not ours" in err  # anything else, and ours outside the block: printed as before
