@@ -54,10 +54,10 @@ class RecordingRunner(GraphRunner):
         self.inner.close()
         super().close()
 
-    def _run(self, feeds, start, n):
+    def _run(self, feeds, start, n, rows):
         prefixes = {name: buf[:, :, :start].copy() for name, buf in self.inner.caches.items()}
         self.samples.append(Sample({k: np.array(v, copy=True) for k, v in feeds.items()}, prefixes, start))
-        return self.inner._run(feeds, start, n)
+        return self.inner._run(feeds, start, n, rows)
 
 
 class _RecordingBackend(Backend):

@@ -22,17 +22,15 @@ import torch
 from torch import nn
 
 from ..config import AdapterSpec, ModelSpec
-from .layers import MLP, Attention, DecoderLayer, RMSNorm, Rotary, attention_mask
+from .layers import MLP, Attention, DecoderLayer, RMSNorm, Rotary, Step, step_for
 
 
 def _run_layers(layers: nn.ModuleDict, x, position_ids, rotary: Rotary, past: tuple[torch.Tensor, ...]):
     """Run ``layers`` in order; ``past`` holds (key, value) per layer. Returns x and the new rows per layer."""
-    max_seq_len = past[0].shape[2]
-    cos, sin = rotary(position_ids)
-    mask = attention_mask(position_ids, max_seq_len)
+    step = step_for(rotary, position_ids, past[0].shape[2])
     present = []
     for j, layer in enumerate(layers.values()):
-        x, k, v = layer(x, cos, sin, mask, past[2 * j], past[2 * j + 1])
+        x, k, v = layer(x, step, past[2 * j], past[2 * j + 1])
         present += [k, v]
     return x, present
 
@@ -84,8 +82,8 @@ class AdapterLayer(nn.Module):
         else:
             self.mlp = None
 
-    def forward(self, x, cos, sin, mask, past_key, past_value):
-        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
+    def forward(self, x, step: Step, past_key, past_value):
+        a, k, v = self.self_attn(self.input_layernorm(x), step, past_key, past_value)
         return x + a, k, v
 
     def feed_forward(self, x):

@@ -3,16 +3,22 @@
 Cache layout (one pair per attention layer): ``past_key`` / ``past_value`` of shape
 ``[1, kv_heads, max_seq_len, head_dim]``, preallocated by the runner. Slot ``i`` holds position ``i``;
 only slots ``< past_len`` are valid, where ``past_len`` is the position of the first new token. A graph
-never writes the cache: it returns the new rows as ``present_key`` / ``present_value``
+never writes the cache buffers: it returns the new rows as ``present_key`` / ``present_value``
 (``[1, kv_heads, n, head_dim]``) and the runner copies them to slots ``past_len .. past_len + n``.
 Rolling back rejected tokens is therefore just lowering a length.
 
-Attention over the cache never concatenates it with the new keys (that would copy the whole cache
-every step). Instead the scores are concatenated, which is small::
+Attention is **slot-ordered**: inside the graph the new rows take their slots in a view of the cache (a
+``Where`` over the slots, never a concatenation that grows with the step), and every query attends over
+the ``max_seq_len`` slots in slot order, masked causally by position::
 
-    scores = [ q @ past_key^T | q @ key^T ]     [.., n, S_max + n]   (+ mask: invalid past slots, causal new)
-    probs  = softmax(scores)                    (fp32)
-    out    = probs[.., :S_max] @ past_value + probs[.., S_max:] @ value
+    K = where(slot in [past_len, past_len + n), key[slot - past_len], past_key)   [.., S_max, D]  (same for V)
+    probs = softmax(q @ K^T * scale + mask)      mask: slot <= query position      (fp32)
+    out   = probs @ V
+
+So a key is reduced at the same place whichever call wrote it: a token verified in a multi-row pass sees
+exactly the sums a one-row step would. With the same row count in every call of a generation (the
+runner's exact mode, ``runner/rows.py``) the rows are bitwise invariant; ``kangaroo-check`` measures it.
+Slots past the new rows hold stale values; they are masked, and their probabilities are exact zeros.
 
 Norms, rotary and softmax run in fp32 whatever the weights' dtype, so the fp16 graphs keep them there.
 """
@@ -23,6 +29,8 @@ import math
 
 import torch
 from torch import nn
+
+from typing import NamedTuple
 
 from ..config import ModelSpec
 
@@ -63,16 +71,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (h * cos + rotated * sin).to(x.dtype)
 
 
+class Step(NamedTuple):
+    """What every layer of one call shares: rotary tables, the slot mask, and the first new position."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor  # [n, S] additive, fp32
+    past_len: torch.Tensor  # [1]: the slot of the first new row
+
+
+def step_for(rotary: "Rotary", position_ids: torch.Tensor, max_seq_len: int) -> Step:
+    """The shared tensors of a call on ``position_ids`` [1, n] (consecutive positions) over ``max_seq_len`` slots."""
+    cos, sin = rotary(position_ids)
+    return Step(cos, sin, attention_mask(position_ids, max_seq_len), position_ids[0, :1])
+
+
 def attention_mask(position_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor:
-    """Additive fp32 mask ``[n, max_seq_len + n]``: past slots ``< past_len`` and new tokens up to the query."""
+    """Additive fp32 mask ``[n, max_seq_len]``: a query at position q sees the slots ``<= q`` (slot i holds position i)."""
     pos = position_ids[0]  # [n]
-    past_len = pos[:1]  # slot i holds position i, so the first new position is the valid length
     slots = torch.arange(max_seq_len, device=pos.device)
-    past_ok = slots[None, :] < past_len[:, None]  # [1, S]
-    new_ok = pos[None, :] <= pos[:, None]  # [n, n] causal
-    ok = torch.cat((past_ok.expand(pos.shape[0], max_seq_len), new_ok), dim=-1)
+    ok = slots[None, :] <= pos[:, None]  # [n, S]
     zero = torch.zeros((), dtype=torch.float32, device=pos.device)  # on the graph's device: capturable on CUDA
     return torch.where(ok, zero, torch.full((), MASKED, device=pos.device))
+
+
+def with_new_rows(cache: torch.Tensor, new: torch.Tensor, past_len: torch.Tensor) -> torch.Tensor:
+    """``cache`` [1, kvH, S, D] with the n rows of ``new`` [1, kvH, n, D] in slots ``past_len .. past_len + n``.
+
+    A fixed-shape select per slot (no scatter, no data-dependent shape), so one CUDA graph or TensorRT
+    profile serves every offset; slots past ``S`` are never addressed.
+    """
+    n, s = new.shape[2], cache.shape[2]
+    offset = torch.arange(s, device=cache.device) - past_len  # [S]: which new row a slot would take
+    is_new = (offset >= 0) & (offset < n)
+    rows = new.index_select(2, offset.clamp(0, n - 1))  # [1, kvH, S, D]
+    return torch.where(is_new[:, None], rows, cache)
 
 
 class Attention(nn.Module):
@@ -90,21 +123,21 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
-    def forward(self, x, cos, sin, mask, past_key, past_value):
+    def forward(self, x, step: Step, past_key, past_value):
         n = x.shape[1]
         kvh, g, d = self.kv_heads, self.heads // self.kv_heads, self.head_dim
         q = self.q_norm(self.q_proj(x).view(1, n, self.heads, d)).transpose(1, 2)  # [1, H, n, D]
         k = self.k_norm(self.k_proj(x).view(1, n, kvh, d)).transpose(1, 2)  # [1, kvH, n, D]
         v = self.v_proj(x).view(1, n, kvh, d).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, step.cos, step.sin), apply_rotary(k, step.cos, step.sin)
+        # Slot-ordered attention over the cache with this call's rows in their slots (module docstring).
+        keys, values = with_new_rows(past_key, k, step.past_len), with_new_rows(past_value, v, step.past_len)
         # GQA without repeating the cache: the g query heads of one kv head become g*n rows.
         qg = q.reshape(1, kvh, g * n, d)  # [1, kvH, g*n, D]
         scale = 1.0 / math.sqrt(d)
-        scores = torch.cat((qg @ past_key.transpose(-1, -2), qg @ k.transpose(-1, -2)), dim=-1)  # [1, kvH, g*n, S+n]
-        scores = scores.float().view(1, kvh, g, n, -1) * scale + mask  # mask [n, S+n] broadcasts
+        scores = (qg @ keys.transpose(-1, -2)).float().view(1, kvh, g, n, -1) * scale + step.mask  # mask [n, S]
         probs = torch.softmax(scores, dim=-1).view(1, kvh, g * n, -1).to(v.dtype)
-        s_max = past_key.shape[2]
-        out = probs[..., :s_max] @ past_value + probs[..., s_max:] @ v  # [1, kvH, g*n, D]
+        out = probs @ values  # [1, kvH, g*n, D]
         out = out.view(1, self.heads, n, d).transpose(1, 2).reshape(1, n, self.heads * d)
         return self.o_proj(out), k, v
 
@@ -131,8 +164,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.mlp = MLP(spec.hidden_size, spec.intermediate_size, spec.mlp_bias)
 
-    def forward(self, x, cos, sin, mask, past_key, past_value):
-        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
+    def forward(self, x, step: Step, past_key, past_value):
+        a, k, v = self.self_attn(self.input_layernorm(x), step, past_key, past_value)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, k, v

@@ -54,16 +54,22 @@ class GenerationResult:
 
 
 class KangarooEngine:
-    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer, exact: bool = True) -> None:
         self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
-        self.tokenizer = tokenizer
-        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk)
+        self.tokenizer, self.exact = tokenizer, exact
+        rows = backend.exact_rows(precision, manifest.max_verify) if exact else 1
+        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk, rows)
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, directory: str | Path, backend: str = "auto", precision: str | None = None,
-             verify: bool = True, threads: int | None = None) -> "KangarooEngine":
-        """Load an engine directory; ``verify`` checks the sha256 of the files it loads."""
+             verify: bool = True, threads: int | None = None, exact: bool = True) -> "KangarooEngine":
+        """Load an engine directory; ``verify`` checks the sha256 of the files it loads.
+
+        ``exact`` (the default): greedy Kangaroo is bitwise identical to greedy AR on this backend and precision by
+        construction (``runner/decode.py``: slot-ordered attention, decoding steps padded to one row count where the
+        runtime needs it); False skips the padding, which is faster where it is needed and may flip near-ties.
+        """
         directory = Path(directory)
         check_threads(threads)
         manifest = Manifest.read(directory)
@@ -77,7 +83,7 @@ class KangarooEngine:
 
         tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
-                   precision, tokenizer)
+                   precision, tokenizer, exact)
 
     def close(self) -> None:
         """Free the KV caches, buffers and runtime sessions now (not at garbage collection); idempotent.

@@ -3,8 +3,10 @@
 A ``Backend`` opens the three graphs of one precision of an engine directory and hands out one
 ``GraphRunner`` per graph. A ``GraphRunner`` owns its KV-cache buffers (allocated once, at open) and its
 output buffers (allocated once per distinct number of new tokens ``n``). ``run`` validates the token
-feeds against the graph's ``GraphSpec``, runs the graph on bound buffers, copies the ``n`` new cache rows
-to slots ``start .. start + n`` (never the whole cache), and returns the token outputs.
+feeds against the graph's ``GraphSpec``, runs the graph on bound buffers, copies the new cache rows to slots
+``start .. start + rows`` (never the whole cache), and returns the token outputs. ``rows`` is ``n`` unless the
+call is padded (exact mode, ``decode.py``): then only its first ``rows`` rows are real, the rest are padding whose
+outputs are ignored and whose cache rows are never written.
 
 Ownership: returned arrays are the runner's own output buffers, valid until the next ``run`` with the
 same ``n``; copy them to keep them longer.
@@ -98,16 +100,22 @@ class GraphRunner(ABC):
         self.spec = spec
         self.max_seq_len = spec.caches[0].shape[2]
 
-    def run(self, feeds: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
-        """Run on ``n`` new tokens at positions ``start .. start + n``; the caches must hold ``start`` valid slots."""
+    def run(self, feeds: dict[str, np.ndarray], start: int, rows: int | None = None) -> dict[str, np.ndarray]:
+        """Run on ``n`` new tokens at positions ``start .. start + n``; the caches must hold ``start`` valid slots.
+
+        ``rows``: how many of the ``n`` are real (default all); only their cache rows are written.
+        """
         n = next(iter(feeds.values())).shape[1]
+        rows = n if rows is None else rows
         self.spec.check_feeds(feeds, n)
-        if start + n > self.max_seq_len:
-            raise InputError(f"{self.spec.name} graph: positions up to {start + n} exceed the KV cache of {self.max_seq_len}")
-        return self._run(feeds, start, n)
+        if not 1 <= rows <= n:
+            raise InputError(f"{self.spec.name} graph: {rows} real rows in a call of {n}")
+        if start + rows > self.max_seq_len:
+            raise InputError(f"{self.spec.name} graph: positions up to {start + rows} exceed the KV cache of {self.max_seq_len}")
+        return self._run(feeds, start, n, rows)
 
     @abstractmethod
-    def _run(self, feeds: dict[str, np.ndarray], start: int, n: int) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], start: int, n: int, rows: int) -> dict[str, np.ndarray]:
         ...
 
     def close(self) -> None:
@@ -119,14 +127,14 @@ class GraphRunner(ABC):
         shapes = {t.name: t.concrete(n) for t in (*self.spec.token_inputs, *self.spec.outputs)}
         return {name: prefix_view(buffer, shapes[name]) for name, buffer in buffers.items()}
 
-    def _write_rows(self, outputs: dict, start: int, n: int) -> None:
-        """Copy each layer's n new rows (``present_*``) into ``self.caches`` at slots ``start .. start + n``.
+    def _write_rows(self, outputs: dict, start: int, rows: int) -> None:
+        """Copy each layer's first ``rows`` new rows (``present_*``) into ``self.caches`` at slots ``start .. start + rows``.
 
         Works on numpy, CuPy and torch buffers alike; slots past the valid length stay stale and are never read.
         """
         for c in self.spec.caches:
-            self.caches[c.past_key][:, :, start:start + n] = outputs[c.present_key]
-            self.caches[c.past_value][:, :, start:start + n] = outputs[c.present_value]
+            self.caches[c.past_key][:, :, start:start + rows] = outputs[c.present_key][:, :, :rows]
+            self.caches[c.past_value][:, :, start:start + rows] = outputs[c.present_value][:, :, :rows]
 
 
 class Backend(ABC):
@@ -137,6 +145,14 @@ class Backend(ABC):
 
     name: ClassVar[str]
     device: ClassVar[str]
+    # Exact mode (decode.py): precision -> the row count that makes this runtime's products give a row the same
+    # bits whatever the row count of the call (1: any count, no padding), as measured with kangaroo-check (the
+    # README's guarantees). A precision not listed pads every decoding step to the engine's max_verify rows.
+    invariant_rows: ClassVar[dict[str, int]] = {}
+
+    def exact_rows(self, precision: str, max_verify: int) -> int:
+        """The row count exact mode pads decoding steps to on this backend and precision (1: none needed)."""
+        return self.invariant_rows.get(precision, max_verify)
 
     @classmethod
     def open(cls, engine: EngineRef, threads: int | None = None) -> "Backend":

@@ -13,6 +13,16 @@ become stale when p moves on (O(1) rollback). The adapter's cache may lag behind
 (prompt lookup, plain steps) and rounds that accept every draft (the last draft's exit state never went
 through it) leave exit states in ``State.unseen``, which the next adapter call reads first.
 
+Exact mode (``rows``): every value that decides a committed token must be bitwise the same whether a one-row
+call (a plain step) or a multi-row call (a verify or lookup pass) computed it. The graphs' slot-ordered
+attention (``model/layers.py``) reduces each key at the same place whichever call wrote it; what is left is the
+row count of the matrix products, which on some runtimes picks another kernel. So with ``rows = R > 1`` every
+shallow and deep call of a decoding step is padded to R rows (the last token or exit state repeated at the next
+positions); only the real rows' outputs are read and only their cache rows are written. ``rows = 1`` pads
+nothing: where the runtime's products are row-invariant already (measured by ``kangaroo-check``), exactness is
+free. Prefill is the same in both modes and is not padded; the adapter's drafts are proposals and need no
+exactness.
+
 The loop is a generator of rounds; ``Transcript`` collects them (tokens, acceptance, margins, stop reason),
 and timing and streaming live in the caller.
 """
@@ -106,20 +116,29 @@ def next_gamma(gamma: int, step: Round, most: int) -> int:
 class Decoder:
     """Drives the three graphs of one backend. One request at a time (the caches are shared state)."""
 
-    def __init__(self, backend: Backend, eos_ids: tuple[int, ...], prefill_chunk: int) -> None:
+    def __init__(self, backend: Backend, eos_ids: tuple[int, ...], prefill_chunk: int, rows: int = 1) -> None:
+        """``rows``: the row count every decoding step's shallow and deep calls are padded to (exact mode; 1: none)."""
         self.shallow, self.adapter, self.deep = (backend.graph(g) for g in ("shallow", "adapter", "deep"))
         self.max_seq_len = self.shallow.max_seq_len
         self.eos_ids = frozenset(eos_ids)
         self.prefill_chunk = prefill_chunk
+        self.rows = rows
         self.timings = {"prefill": 0.0, "draft": 0.0, "verify": 0.0}
         self.record_margins = False
         self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
         self.state: State | None = None  # the current (or last) generation's, for inspection
 
     # --- graph calls (each writes its cache rows at `start`) -------------------------------------------
-    def _shallow(self, ids: list[int], start: int) -> np.ndarray:
-        out = self.shallow.run({"input_ids": np.array([ids], np.int64), "position_ids": positions(start, len(ids))}, start)
-        return out["hidden"].copy()
+    def _padding(self, n: int, pad: bool) -> int:
+        """Rows of padding a call of ``n`` real rows gets (exact mode pads decoding steps to ``self.rows``)."""
+        return max(0, self.rows - n) if pad else 0
+
+    def _shallow(self, ids: list[int], start: int, pad: bool = True) -> np.ndarray:
+        extra = self._padding(len(ids), pad)
+        padded = ids + ids[-1:] * extra
+        out = self.shallow.run({"input_ids": np.array([padded], np.int64), "position_ids": positions(start, len(padded))},
+                               start, rows=len(ids))
+        return out["hidden"][:, :len(ids)].copy()
 
     def _adapter(self, hidden: np.ndarray, start: int) -> tuple[int, float]:
         """The draft after the last of ``hidden``'s positions (a long catch-up runs in prefill-sized chunks)."""
@@ -128,9 +147,12 @@ class Decoder:
             out = self.adapter.run({"hidden": rows, "position_ids": positions(start + i, rows.shape[1])}, start + i)
         return int(out["draft_ids"][0, -1]), float(out["draft_confidence"][0, -1])
 
-    def _deep(self, hidden: np.ndarray, start: int) -> tuple[list[int], np.ndarray]:
-        out = self.deep.run({"hidden": hidden, "position_ids": positions(start, hidden.shape[1])}, start)
-        return out["target_ids"][0].tolist(), out["logits"][0]
+    def _deep(self, hidden: np.ndarray, start: int, pad: bool = True) -> tuple[list[int], np.ndarray]:
+        n = hidden.shape[1]
+        if extra := self._padding(n, pad):
+            hidden = np.concatenate([hidden, np.repeat(hidden[:, -1:], extra, axis=1)], axis=1)
+        out = self.deep.run({"hidden": hidden, "position_ids": positions(start, hidden.shape[1])}, start, rows=n)
+        return out["target_ids"][0, :n].tolist(), out["logits"][0, :n]
 
     # --- decoding ---------------------------------------------------------------------------------------
     def prefill(self, prompt_ids: list[int], with_adapter: bool, gamma: int) -> State:
@@ -145,8 +167,8 @@ class Decoder:
         t, state = perf_counter(), State(list(prompt_ids), [], gamma)
         context = prompt_ids[:-1]
         for start in range(0, len(context), self.prefill_chunk):
-            hidden = self._shallow(context[start:start + self.prefill_chunk], start)
-            self._deep(hidden, start)
+            hidden = self._shallow(context[start:start + self.prefill_chunk], start, pad=False)
+            self._deep(hidden, start, pad=False)
             if with_adapter:
                 self._adapter(hidden, start)
             else:

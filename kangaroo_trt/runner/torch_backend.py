@@ -9,11 +9,12 @@ ONNX Runtime or TensorRT.
 
 Per graph (``TorchGraphRunner``), everything a call touches is allocated once: the caches
 ``[1, kv_heads, S_max, head_dim]`` and the token inputs at their largest ``n`` (a call uses the prefix).
-A step runs the module on those buffers and writes its ``n`` new cache rows with ``index_copy_`` at the
-slots named by the ``position_ids`` buffer, so the step has no host-side offsets. On CUDA, with CUDA graphs
-on (the default; ``KANGAROO_TRT_CUDA_GRAPHS=0`` turns them off), the first call of each step shape
-(``n <= max_verify``) runs eagerly on a side stream and then captures the step; later calls with that ``n``
-copy their feeds into the buffers and replay it. Prefill chunks run eagerly.
+A step runs the module on those buffers and writes its real new cache rows (the first ``rows`` of ``n``; the
+rest are exact mode's padding) with ``index_copy_`` at the slots named by the ``position_ids`` buffer, so the
+step has no host-side offsets. On CUDA, with CUDA graphs on (the default; ``KANGAROO_TRT_CUDA_GRAPHS=0`` turns
+them off), the first call of each step shape (``n <= max_verify``, and its count of real rows) runs eagerly on a
+side stream and then captures the step; later calls of that shape copy their feeds into the buffers and replay
+it. Prefill chunks run eagerly.
 
 Returned arrays are numpy copies of the token outputs (on CUDA one small device-to-host copy per call,
 which is also the call's synchronization). Verified on CPU (tests/test_backends.py: the same code path,
@@ -43,44 +44,45 @@ class TorchGraphRunner(GraphRunner):
         self._inputs = {t.name: torch.zeros(t.concrete(max_n), dtype=getattr(torch, t.dtype), device=self.device)
                         for t in spec.token_inputs}
         self._capture_up_to = capture_up_to if self.device.type == "cuda" else 0
-        self._graphs: dict[int, tuple[object, dict]] = {}  # n -> (torch.cuda.CUDAGraph, its static outputs)
+        self._graphs: dict[tuple[int, int], tuple[object, dict]] = {}  # (n, rows) -> (CUDAGraph, its static outputs)
 
-    def _step(self, n: int) -> dict:
-        """One call on the bound buffers: the module, then its new cache rows written at the slots of ``position_ids``."""
+    def _step(self, n: int, rows: int) -> dict:
+        """One call on the bound buffers: the module, then its real new cache rows written at the slots of
+        ``position_ids``."""
         inputs = self._views(self._inputs, n)
         outputs = dict(zip(self.spec.output_names, self.module(*(self.caches.get(t.name, inputs.get(t.name))
                                                                   for t in self.spec.inputs))))
-        slots = inputs["position_ids"][0]
+        slots = inputs["position_ids"][0, :rows]
         for c in self.spec.caches:  # same rows as GraphRunner._write_rows, addressed by data so a graph can hold it
-            self.caches[c.past_key].index_copy_(2, slots, outputs[c.present_key])
-            self.caches[c.past_value].index_copy_(2, slots, outputs[c.present_value])
+            self.caches[c.past_key].index_copy_(2, slots, outputs[c.present_key][:, :, :rows])
+            self.caches[c.past_value].index_copy_(2, slots, outputs[c.present_value][:, :, :rows])
         return outputs
 
-    def _capture(self, n: int) -> dict:
+    def _capture(self, n: int, rows: int) -> dict:
         """Run the step eagerly on a side stream (warm-up and this call's result), then capture it for later calls."""
         torch = self._torch
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            outputs = self._step(n)
+            outputs = self._step(n, rows)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # recorded, not run: rerunning the step would write the same rows anyway
-            self._graphs[n] = graph, self._step(n)
+            self._graphs[(n, rows)] = graph, self._step(n, rows)
         return outputs
 
-    def _run(self, feeds, start, n):
+    def _run(self, feeds, start, n, rows):
         torch = self._torch
         for name, view in self._views(self._inputs, n).items():
             view.copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])))
         with torch.no_grad():
-            if n in self._graphs:
-                graph, outputs = self._graphs[n]
+            if (n, rows) in self._graphs:
+                graph, outputs = self._graphs[(n, rows)]
                 graph.replay()
             elif n <= self._capture_up_to:
-                outputs = self._capture(n)
+                outputs = self._capture(n, rows)
             else:
-                outputs = self._step(n)
+                outputs = self._step(n, rows)
         return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
 
     def close(self) -> None:

@@ -70,7 +70,7 @@ class TrtGraphRunner(GraphRunner):
         if not context.execute_async_v3(self._stream.ptr):
             raise BackendError(f"TensorRT failed to run the {self.spec.name} graph (n={n}): see the TensorRT log")
 
-    def _run(self, feeds, start, n):
+    def _run(self, feeds, start, n, rows):
         profile = pick(self._profiles, n)
         views = self._views(self._buffers, n)
         with self._stream:
@@ -89,7 +89,7 @@ class TrtGraphRunner(GraphRunner):
                     self._stream.begin_capture()
                     self._enqueue(profile, n, views)
                     self._graphs[(profile, n)] = self._stream.end_capture()
-            self._write_rows(views, start, n)  # device to device, on this stream
+            self._write_rows(views, start, rows)  # device to device, on this stream
         return {t.name: views[t.name] for t in self.spec.token_outputs}
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.graphs import AdapterGraph
-from ..model.layers import attention_mask
+from ..model.layers import step_for
 
 
 def draft_logits(adapter: AdapterGraph, hidden: torch.Tensor, first: int) -> torch.Tensor:
@@ -30,11 +30,9 @@ def draft_logits(adapter: AdapterGraph, hidden: torch.Tensor, first: int) -> tor
     """
     n = hidden.shape[0]
     position_ids = torch.arange(n, device=hidden.device)[None]
-    cos, sin = adapter.rotary(position_ids)
-    mask = attention_mask(position_ids, 0)
     spec = adapter.layers["0"].self_attn
-    empty = hidden.new_zeros(1, spec.kv_heads, 0, spec.head_dim)
-    x, _, _ = adapter.layers["0"](hidden[None], cos, sin, mask, empty, empty)  # [1, n, H]
+    slots = hidden.new_zeros(1, spec.kv_heads, n, spec.head_dim)  # a cache of n empty slots the rows fill
+    x, _, _ = adapter.layers["0"](hidden[None], step_for(adapter.rotary, position_ids, n), slots, slots)  # [1, n, H]
     return adapter.head(x[0, first:])
 
 
