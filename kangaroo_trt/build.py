@@ -7,6 +7,7 @@ builds, is in ``atomic.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from .export.validate import check_parity
 from .model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
                             save_adapter, weights_digest)
 from .paths import writable_dir
+from .runner.exactness import export_checks
 from .runtimes import import_tensorrt, library_versions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # exported from PyTorch; int8 is calibrated from fp32
@@ -116,6 +118,9 @@ def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoi
             eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, source_model=source,
             adapter_dir=ADAPTER_DIR, tensorrt=plans, info=info, source_sha256=weights_digest(Path(model_dir)),
         )
+        manifest.write(tmp)
+        # The losslessness report: exact mode checked bitwise on the backends this machine has (runner/exactness.py).
+        manifest = dataclasses.replace(manifest, exactness=export_checks(tmp, manifest, modules, log))
         manifest.write(tmp)
         swap_in(tmp, out, existed, force)
     except BaseException:

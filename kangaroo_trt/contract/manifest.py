@@ -105,6 +105,14 @@ class Manifest:
     # sha256 over the source model's config and weight files (``model.weights.weights_digest``): a backend that
     # rebuilds the modules from ``source_model`` refuses other weights. None: built before it was recorded.
     source_sha256: str | None = None
+    # The losslessness report (``runner/exactness.py``, run at export on the backends present): precision ->
+    # backend -> its kangaroo-check result in exact mode. None: built before exact mode (its graphs concatenate
+    # attention scores, so no row count makes them exact).
+    exactness: dict[str, dict[str, dict[str, Any]]] | None = None
+
+    def exact_check(self, backend: str, precision: str) -> dict[str, Any] | None:
+        """The export's exactness check of ``backend`` at ``precision``, if it ran there."""
+        return (self.exactness or {}).get(precision, {}).get(backend)
 
     @property
     def precisions(self) -> list[str]:
@@ -130,6 +138,7 @@ class Manifest:
             "adapter_dir": self.adapter_dir,
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
             "info": self.info,
+            "exactness": self.exactness,
         }
 
     def write(self, directory: Path) -> None:
@@ -180,6 +189,7 @@ class Manifest:
                 tensorrt=TensorRTRecord.from_dict(tensorrt) if tensorrt else None,
                 info=d.get("info", {}),
                 source_sha256=d.get("source_sha256"),
+                exactness=d.get("exactness"),
             )
             manifest._check_consistent()
         except KangarooError as err:
@@ -292,3 +302,8 @@ def _check_types(d: dict) -> None:
             raise EngineDirError(f"field {name!r} must be a string or null, got {d[name]!r}")
     if d.get("tensorrt") is not None and not isinstance(d["tensorrt"], dict):
         raise EngineDirError("field 'tensorrt' must be an object or null")
+    exactness = d.get("exactness")
+    if exactness is not None and not (isinstance(exactness, dict) and all(
+            isinstance(b, dict) and all(isinstance(r, dict) and isinstance(r.get("ok"), bool) for r in b.values())
+            for b in exactness.values())):
+        raise EngineDirError("field 'exactness' must map precisions to backends to check reports (with 'ok'), or be null")

@@ -28,12 +28,25 @@ from ..chat import encode_chat, messages_of
 from ..config import MODES, DecodeConfig, check_threads
 from ..contract.manifest import Manifest, inside
 from ..errors import ConfigError, InputError
-from .backend import EngineRef
+from .backend import Backend, EngineRef
 from .backends import open_backend
 from .decode import Decoder, Transcript
 from .stats import GenerationStats
 from .stops import StopStrings
 from .streaming import AsyncStream, Stream
+
+
+def check_exact(ref: EngineRef, backend: str | None) -> None:
+    """Refuse exact mode where it cannot hold: graphs built before it, or a failed check recorded at export for
+    ``backend`` (None: only the first)."""
+    manifest = ref.manifest
+    if manifest.exactness is None:
+        raise ConfigError(f"{ref.directory} was built before exact mode (its attention is not slot-ordered): rebuild it "
+                          "with kangaroo-export build, or open it with exact=False (--no-exact)")
+    record = manifest.exact_check(backend, ref.precision) if backend else None
+    if record is not None and not record.get("ok"):
+        raise ConfigError(f"the export's exactness check failed for {backend} {ref.precision} (see kangaroo-check "
+                          f"--engine-dir {ref.directory}): use exact=False (--no-exact), or another backend or precision")
 
 
 @dataclass
@@ -79,11 +92,26 @@ class KangarooEngine:
                               f"rebuild with --precision {precision}")
         if verify:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
+        ref = EngineRef(directory, manifest, precision)
+        if exact:
+            check_exact(ref, None)
+        runtime = open_backend(backend, ref, threads)
+        try:
+            if exact:
+                check_exact(ref, runtime.name)
+            return cls.from_backend(ref, runtime, exact)
+        except BaseException:
+            runtime.close()
+            raise
+
+    @classmethod
+    def from_backend(cls, ref: EngineRef, backend: Backend, exact: bool = True) -> "KangarooEngine":
+        """An engine on an open ``backend`` for ``ref``'s directory and precision, with no checks (``open`` makes
+        them; an export uses this to check its own output before it has a manifest to vouch for it)."""
         from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
 
-        tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
-        return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
-                   precision, tokenizer, exact)
+        tokenizer = AutoTokenizer.from_pretrained(inside(ref.directory, "tokenizer"), local_files_only=True)
+        return cls(ref.directory, ref.manifest, backend, ref.precision, tokenizer, exact)
 
     def close(self) -> None:
         """Free the KV caches, buffers and runtime sessions now (not at garbage collection); idempotent.

@@ -162,3 +162,44 @@ def check_engine(engine, prompts: list[list[int]], new_tokens: int = 32, fills_p
         check_rows(decoder, ids[:usable], tuple(fills), max_rows, report)
     check_generation(engine, prompts, engine.decode_config(max_new_tokens=new_tokens), report)
     return report
+
+
+# Prompts the check decodes when none are given: plain text (no chat template), so any tokenizer encodes them.
+CHECK_PROMPTS = (
+    "Explain in three sentences why the sky is blue.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Translate to French: The weather is nice today and we are going to the beach.",
+    "List three differences between a list and a tuple in Python.",
+)
+
+# Backends an export checks on, where installed: those that run on any machine (the CPU ones), per precision.
+EXPORT_CHECKS = {"onnxruntime-cpu": ("fp32", "fp16", "int8"), "torch-cpu": ("fp32",)}
+
+
+def export_checks(directory, manifest, modules, log) -> dict[str, dict[str, dict[str, Any]]]:
+    """Run the exactness check on a freshly exported engine directory: precision -> backend -> report dict.
+
+    ``modules``: the fp32 modules it was exported from (the PyTorch backend uses them instead of a rebuild).
+    A failed check is recorded, not fatal: ``KangarooEngine.open`` then refuses exact mode there.
+    """
+    from .api import KangarooEngine
+    from .backend import EngineRef
+    from .backends import BACKENDS
+    from .torch_backend import TorchCpuBackend
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for backend, precisions in EXPORT_CHECKS.items():
+        if not BACKENDS[backend].available():
+            continue
+        for precision in (p for p in manifest.precisions if p in precisions):
+            ref = EngineRef(directory, manifest, precision)
+            runtime = TorchCpuBackend(ref, modules=modules) if backend == TorchCpuBackend.name else \
+                BACKENDS[backend].open(ref)
+            with KangarooEngine.from_backend(ref, runtime) as engine:
+                prompts = [engine.encode(text, chat=False) for text in CHECK_PROMPTS[:2]]
+                report = check_engine(engine, prompts, new_tokens=24, fills_per_prompt=1)
+            results.setdefault(precision, {})[backend] = report.to_dict()
+            graphs = ", ".join(f"{g} {t.equal}/{t.rows}" for g, t in report.graphs.items())
+            log(f"exactness {backend} {precision}: {'bitwise' if report.ok else 'NOT EXACT'} "
+                f"(rows {report.rows}; {graphs}; Kangaroo == AR {report.identical}/{report.prompts})")
+    return results

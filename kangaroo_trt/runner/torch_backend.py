@@ -92,8 +92,9 @@ class TorchGraphRunner(GraphRunner):
             self._torch.cuda.empty_cache()  # hand the freed tensors back to the device
 
 
-def rebuild_modules(ref: EngineRef):
-    """The engine's KangarooModules at its precision, from the source model + the stored adapter."""
+def rebuild_modules(ref: EngineRef, modules=None):
+    """The engine's KangarooModules at its precision, from the source model + the stored adapter (or from
+    ``modules``, the fp32 modules the engine is being exported from)."""
     import torch
 
     from ..model.weights import build_modules, load_adapter
@@ -102,6 +103,8 @@ def rebuild_modules(ref: EngineRef):
     if ref.precision not in ("fp32", "fp16"):
         raise BackendError(f"the PyTorch backend runs fp32 and fp16 graphs, not {ref.precision}: "
                            "use --backend onnxruntime-cpu (or tensorrt) for int8")
+    if modules is not None:
+        return modules if ref.precision == "fp32" else modules.to_dtype(torch.float16)
     if manifest.adapter_dir is None:
         raise EngineDirError(f"{ref.directory} does not store its adapter (built by an older kangaroo-trt): "
                              "rebuild it with kangaroo-export build to use the PyTorch backend")
@@ -119,7 +122,9 @@ class _TorchBackend(Backend):
     def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":
         return cls(engine, threads)
 
-    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
+    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None,
+                 modules=None) -> None:
+        """``modules``: the fp32 modules in memory (an export checking its own output), instead of a rebuild."""
         if not self.available():
             raise BackendError(f"backend {self.name} is not available: it needs torch" +
                                (" with CUDA and an NVIDIA GPU" if self.device == "cuda" else ""))
@@ -127,7 +132,7 @@ class _TorchBackend(Backend):
 
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
-        modules = rebuild_modules(engine).to(self.device)
+        modules = rebuild_modules(engine, modules).to(self.device)
         m = engine.manifest
         capture = m.max_verify if (cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs) else 0
         self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device, max(m.prefill_chunk, m.max_verify),
