@@ -51,7 +51,9 @@ def sha256(path: Path) -> str:
 class GraphEntry:
     file: str  # relative to the engine directory
     spec: GraphSpec
-    # fp32 / fp16: max |onnx - torch| per float output, measured at export; int8: {"top1_agreement": ...} with fp32
+    # per output, measured at export (export/validate.py): fp32: max |onnx - torch|; fp16: max |onnx - torch fp32|
+    # and "<output>:torch_fp16", the PyTorch fp16 modules' own distance from fp32 (the bound's yardstick);
+    # int8: {"top1_agreement": ...} with fp32
     parity: dict[str, float]
 
 
