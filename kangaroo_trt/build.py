@@ -22,14 +22,19 @@ from .contract.spec import graph_specs
 from .errors import ConfigError, KangarooError
 from .atomic import apply_umask, out_lock, replaceable, swap_in, sweep_stale, temp_dir
 from .export.onnx_export import export_graph
-from .export.validate import check_parity
+from .export.validate import check_parity, reference_error
 from .model.weights import (AdapterCheckpoint, build_modules, load_adapter, load_hf_config, random_adapter,
                             save_adapter, weights_digest)
 from .paths import writable_dir
 from .runner.exactness import export_checks
+from .runner.backends import runnable_backends
 from .runtimes import import_tensorrt, library_versions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # exported from PyTorch; int8 is calibrated from fp32
+# Precisions with no ONNX graphs: ONNX Runtime CPU has no bf16 MatMul kernel ("Could not find an implementation for
+# MatMul(13)"), so nothing here could check or run one; the manifest holds their graph specs and the PyTorch
+# backends rebuild the modules in that dtype (``backends`` in the manifest says which backends run each precision).
+MODULE_ONLY = {"bf16": torch.bfloat16}
 ADAPTER_DIR = "adapter"
 LIBRARIES = ("kangaroo-trt", "torch", "transformers", "onnx", "onnxruntime")  # recorded in the manifest
 
@@ -95,14 +100,17 @@ def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoi
         graphs: dict[str, dict[str, GraphEntry]] = {}
         for precision in (p for p in export.precisions if p in DTYPES):
             graphs[precision] = _export_precision(modules, spec, adapter, export, precision, tmp, log)
+        for precision in (p for p in export.precisions if p in MODULE_ONLY):
+            graphs[precision] = _module_only(modules, spec, adapter, export, precision, log)
         info: dict = {"adapter": adapter.meta, "versions": library_versions(LIBRARIES), "opset": export.opset}
         if "int8" in export.precisions:
             graphs["int8"], info["int8"] = _int8(modules, spec, adapter, export, graphs.get("fp32"), tmp, model_dir, eos, log)
         graphs = {p: graphs[p] for p in export.precisions}  # manifest order = the order asked for
-        if export.tensorrt != "off":
+        onnx_graphs = {p: gs for p, gs in graphs.items() if p not in MODULE_ONLY}
+        if export.tensorrt != "off" and onnx_graphs:
             from .engines.builder import build_plans_if_available
 
-            plans = build_plans_if_available(tmp, graphs, export, log, required=export.tensorrt == "require")
+            plans = build_plans_if_available(tmp, onnx_graphs, export, log, required=export.tensorrt == "require")
         else:
             plans = None
         # The adapter's own weights, so a backend that rebuilds the modules (runner/torch_backend.py) can.
@@ -118,6 +126,7 @@ def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoi
             eos_token_ids=eos, has_chat_template=has_template, graphs=graphs, files=files, source_model=source,
             adapter_dir=ADAPTER_DIR, tensorrt=plans, info=info, source_sha256=weights_digest(Path(model_dir)),
         )
+        manifest = dataclasses.replace(manifest, backends={p: runnable_backends(manifest, p) for p in graphs})
         manifest.write(tmp)
         # The losslessness report: exact mode checked bitwise on the backends this machine has (runner/exactness.py).
         manifest = dataclasses.replace(manifest, exactness=export_checks(tmp, manifest, modules, log))
@@ -140,9 +149,26 @@ def _export_precision(modules, spec: ModelSpec, adapter: AdapterCheckpoint, expo
         rel = f"onnx/{precision}/{name}.onnx"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         export_graph(typed.graphs()[name], specs[name], root / rel, export.opset, spec.vocab_size)
-        parity = check_parity(typed.graphs()[name], specs[name], root / rel, precision, spec.vocab_size)
+        parity = check_parity(typed.graphs()[name], specs[name], root / rel, precision, spec.vocab_size,
+                              exact=None if precision == "fp32" else modules.graphs()[name])
         log(f"exported {rel}: {parity.summary()}")
         entries[name] = GraphEntry(rel, specs[name], parity.max_abs_error)
+    return entries
+
+
+def _module_only(modules, spec: ModelSpec, adapter: AdapterCheckpoint, export: ExportConfig, precision: str,
+                 log: Callable[[str], None]) -> dict[str, GraphEntry]:
+    """Graph entries without ONNX files for a precision only the PyTorch backends run: the I/O contract, and how far
+    the modules in that dtype are from fp32 on the parity check's feeds (``reference_error``)."""
+    typed = modules.to_dtype(MODULE_ONLY[precision])
+    specs, feeds = graph_specs(spec, adapter.spec, export, precision), graph_specs(spec, adapter.spec, export, "fp32")
+    entries = {}
+    for name in GRAPHS:
+        errors = reference_error(typed.graphs()[name], modules.graphs()[name], feeds[name], precision, spec.vocab_size)
+        worst = max(errors.items(), key=lambda kv: kv[1])
+        log(f"{name}/{precision}: no ONNX graph (PyTorch backends only); max |torch {precision} - fp32| = "
+            f"{worst[1]:.2e} ({worst[0].split(':')[0]})")
+        entries[name] = GraphEntry(None, specs[name], errors)
     return entries
 
 

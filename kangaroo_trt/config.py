@@ -22,7 +22,9 @@ from .errors import ConfigError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-PRECISIONS = ("fp32", "fp16", "int8")  # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib)
+# int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib). bf16: no ONNX graphs (ONNX Runtime CPU has no
+# bf16 MatMul kernel), the PyTorch backends run it from the modules (runner/torch_backend.py).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MODES = ("kangaroo", "ar")  # decoding modes: Kangaroo, and plain autoregressive decoding (the baseline)
 TENSORRT_MODES = ("auto", "off", "require")
 MIN_MAX_VERIFY = 8  # default verify capacity of an engine (see verify_capacity)

@@ -10,6 +10,8 @@ Loaders read the manifest, never file names, and refuse a schema they do not kno
 sha256 differs from the one recorded. Schema 2 made what the backends need typed fields (``source_model``,
 ``adapter_dir``, ``tensorrt``); schema 1 kept them in ``info`` and is still read. Schema 3 renamed each graph's
 ``parity_max_abs_error`` to ``parity`` (int8 graphs record top-1 agreement there, not an error); 2 is still read.
+Schema 4 lets a precision's graphs have no ONNX file (``file`` null: bf16, which only the PyTorch backends run) and
+records ``backends``, which backends can run each precision; 3 is still read (every graph has a file there).
 
 The directory is fenced: every path the manifest names must lie inside it (no absolute paths, no ``..``, no
 symbolic link out of it), and every file a loader opens must have a recorded sha256 that matches
@@ -32,8 +34,8 @@ from ..errors import EngineDirError, KangarooError
 from .profiles import Profile
 from .spec import GraphSpec
 
-SCHEMA_VERSION = 3  # 3: a graph's "parity" (schema 1 and 2 wrote it as "parity_max_abs_error", also for int8)
-READABLE_SCHEMAS = (1, 2, 3)
+SCHEMA_VERSION = 4  # 4: graphs without an ONNX file, "backends"; 3: a graph's "parity" (1, 2: "parity_max_abs_error")
+READABLE_SCHEMAS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 GRAPHS = ("shallow", "adapter", "deep")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -49,9 +51,11 @@ def sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class GraphEntry:
-    file: str  # relative to the engine directory
+    file: str | None  # relative to the engine directory; None: no ONNX graph (the PyTorch backends rebuild the module)
     spec: GraphSpec
-    # fp32 / fp16: max |onnx - torch| per float output, measured at export; int8: {"top1_agreement": ...} with fp32
+    # per output, measured at export (export/validate.py): fp32: max |onnx - torch|; fp16: max |onnx - torch fp32|
+    # and "<output>:torch_fp16", the PyTorch fp16 modules' own distance from fp32 (the bound's yardstick);
+    # int8: {"top1_agreement": ...} with fp32
     parity: dict[str, float]
 
 
@@ -109,6 +113,9 @@ class Manifest:
     # backend -> its kangaroo-check result in exact mode. None: built before exact mode (its graphs concatenate
     # attention scores, so no row count makes them exact).
     exactness: dict[str, dict[str, dict[str, Any]]] | None = None
+    # precision -> the backends that can run it (runner/backends.py ``runnable_backends``, written at export).
+    # None: an engine directory that predates it; the runner works it out from the graphs then.
+    backends: dict[str, tuple[str, ...]] | None = None
 
     def exact_check(self, backend: str, precision: str) -> dict[str, Any] | None:
         """The export's exactness check of ``backend`` at ``precision``, if it ran there."""
@@ -117,6 +124,14 @@ class Manifest:
     @property
     def precisions(self) -> list[str]:
         return list(self.graphs)
+
+    def has_onnx(self, precision: str) -> bool:
+        """Whether ``precision``'s graphs are ONNX files (bf16's are not: only the PyTorch backends run it)."""
+        return all(e.file is not None for e in self.graphs[precision].values())
+
+    @property
+    def onnx_precisions(self) -> list[str]:
+        return [p for p in self.graphs if self.has_onnx(p)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +151,7 @@ class Manifest:
             "source_model": self.source_model,
             "source_sha256": self.source_sha256,
             "adapter_dir": self.adapter_dir,
+            "backends": {p: list(b) for p, b in self.backends.items()} if self.backends is not None else None,
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
             "info": self.info,
             "exactness": self.exactness,
@@ -190,6 +206,7 @@ class Manifest:
                 info=d.get("info", {}),
                 source_sha256=d.get("source_sha256"),
                 exactness=d.get("exactness"),
+                backends={p: tuple(b) for p, b in d["backends"].items()} if d.get("backends") is not None else None,
             )
             manifest._check_consistent()
         except KangarooError as err:
@@ -206,12 +223,18 @@ class Manifest:
             if precision not in PRECISIONS or set(graphs) != set(GRAPHS):
                 raise EngineDirError(f"graphs must map a precision ({', '.join(PRECISIONS)}) to the graphs "
                                      f"{', '.join(GRAPHS)}, got {precision!r}: {sorted(graphs)}")
+            if len({e.file is None for e in graphs.values()}) > 1:
+                raise EngineDirError(f"the {precision} graphs must all have an ONNX file or none")
             for entry in graphs.values():
-                fenced(entry.file)
+                if entry.file is not None:
+                    fenced(entry.file)
                 if not entry.spec.caches or any(c.shape[2] != self.max_seq_len for c in entry.spec.caches):
                     raise EngineDirError(f"graph {entry.file} must declare caches of max_seq_len {self.max_seq_len} positions")
         if not self.graphs:
             raise EngineDirError("the manifest lists no graphs")
+        if self.backends is not None and set(self.backends) != set(self.graphs):
+            raise EngineDirError(f"backends must name the backends of each precision ({', '.join(self.graphs)}), "
+                                 f"got {sorted(self.backends)}")
         for rel, digest in self.files.items():
             fenced(rel)
             if not _SHA256.fullmatch(digest):
@@ -300,6 +323,10 @@ def _check_types(d: dict) -> None:
     for name in ("adapter_dir", "source_sha256"):
         if d.get(name) is not None and not isinstance(d[name], str):
             raise EngineDirError(f"field {name!r} must be a string or null, got {d[name]!r}")
+    backends = d.get("backends")
+    if backends is not None and not (isinstance(backends, dict) and all(
+            isinstance(v, list) and all(isinstance(b, str) for b in v) for v in backends.values())):
+        raise EngineDirError("field 'backends' must map each precision to a list of backend names, or be null")
     if d.get("tensorrt") is not None and not isinstance(d["tensorrt"], dict):
         raise EngineDirError("field 'tensorrt' must be an object or null")
     exactness = d.get("exactness")

@@ -61,9 +61,12 @@ def _dim_from_json(value: int | str) -> Dim:
         return Capped.parse(value)
     except (TypeError, ValueError) as err:
         raise EngineDirError(f"a graph spec has an unknown dimension {value!r}: rebuild the engine directory") from err
-# Graph I/O dtype per precision. int8 graphs quantize weights and activations inside (Q/DQ nodes) but keep
-# fp32 inputs, outputs and caches, so the runner's buffers are those of the fp32 graphs.
-FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
+# Graph I/O dtype per precision (torch and numpy names). int8 graphs quantize weights and activations inside (Q/DQ
+# nodes) but keep fp32 inputs, outputs and caches, so the runner's buffers are those of the fp32 graphs.
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float32"}
+# Where the hidden states cross the host (numpy, between graphs) in another dtype: numpy has no bfloat16, so bf16
+# hidden states travel as float32 (widening bf16 is exact; the PyTorch runner narrows them back). Caches stay bf16.
+HOST_DTYPES = {**FLOAT_DTYPES, "bf16": "float32"}
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ def graph_specs(model: ModelSpec, adapter: AdapterSpec, export: ExportConfig, pr
     draft_rows, verify_rows = Capped(1), Capped(export.max_verify)
     ids = TensorSpec("input_ids", "int64", (1, n))
     pos = TensorSpec("position_ids", "int64", (1, n))
-    hidden = TensorSpec("hidden", f, (1, n, model.hidden_size))
+    hidden = TensorSpec("hidden", HOST_DTYPES[precision], (1, n, model.hidden_size))
 
     shallow_c = _caches(range(l), model.num_kv_heads, model.head_dim, s, f)
     adapter_c = _caches(range(1), adapter.num_kv_heads, adapter.head_dim, s, f)

@@ -142,11 +142,16 @@ def add_plans(directory: Path, precisions: tuple[str, ...] | None = None, log: C
     """
     directory = Path(directory)
     manifest = Manifest.read(directory)
-    precisions = precisions or tuple(manifest.precisions)
+    precisions = precisions or tuple(manifest.onnx_precisions)
     missing = [p for p in precisions if p not in manifest.graphs]
     if missing:
         raise ConfigError(f"{directory} has no {', '.join(missing)} graphs (it has {', '.join(manifest.precisions)}): "
                           f"rebuild it with kangaroo-export build --precision {','.join(precisions)}")
+    modules_only = [p for p in precisions if not manifest.has_onnx(p)]
+    if modules_only or not precisions:
+        raise ConfigError(f"{directory}: {', '.join(modules_only) or 'its precisions'} ha{'s' if len(modules_only) == 1 else 've'} "
+                          "no ONNX graphs to build TensorRT plans from (only the PyTorch backends run them): "
+                          f"pass --precision {','.join(manifest.onnx_precisions) or 'fp32'} (rebuild with it if missing)")
     import_tensorrt()
     with out_lock(directory):  # no export --force swaps the directory away meanwhile
         return _add_plans(directory, manifest, precisions, log)

@@ -163,7 +163,8 @@ class KangarooModules(nn.Module):
         return {"shallow": self.shallow, "adapter": self.adapter, "deep": self.deep}
 
     def to_dtype(self, dtype: torch.dtype) -> "KangarooModules":
-        """A copy in ``dtype``; rotary tables stay fp32 (the fp16 graphs keep rotary in fp32)."""
+        """A copy in ``dtype`` (fp16 for the fp16 graphs, bf16 for the PyTorch backends' bf16); rotary tables stay fp32
+        (norms, rotary and softmax compute in fp32 in every dtype, ``layers.py``)."""
         import copy
 
         other = copy.deepcopy(self).to(dtype)

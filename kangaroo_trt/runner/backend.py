@@ -54,10 +54,11 @@ class EngineRef:
     manifest: Manifest
     precision: str
 
-    def graphs(self) -> dict[str, tuple[Path, GraphSpec]]:
+    def graphs(self) -> dict[str, tuple[Path | None, GraphSpec]]:
         """graph name -> (ONNX path, I/O contract); paths fenced inside the directory (``Manifest.artifact``; their
-        digests are checked when the engine is opened, ``KangarooEngine.open``)."""
-        return {g: (self.manifest.artifact(self.directory, e.file, verify=False), e.spec)
+        digests are checked when the engine is opened, ``KangarooEngine.open``). The path is None for a precision
+        without ONNX graphs (bf16), which only backends with ``needs_onnx = False`` open."""
+        return {g: (self.manifest.artifact(self.directory, e.file, verify=False) if e.file is not None else None, e.spec)
                 for g, e in self.manifest.graphs[self.precision].items()}
 
     def source_model_dir(self) -> Path:
@@ -145,6 +146,13 @@ class Backend(ABC):
 
     name: ClassVar[str]
     device: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")  # the precisions it can run
+    needs_onnx: ClassVar[bool] = True  # runs the ONNX graphs (False: rebuilds the modules, as the PyTorch backends)
+
+    @classmethod
+    def can_run(cls, manifest: Manifest, precision: str) -> bool:
+        """Whether this backend can run ``precision`` of an engine directory (not whether it is installed here)."""
+        return precision in cls.precisions and (manifest.has_onnx(precision) or not cls.needs_onnx)
     # Exact mode (decode.py): precision -> the row count that makes this runtime's products give a row the same
     # bits whatever the row count of the call (1: any count, no padding), as measured with kangaroo-check (the
     # README's guarantees). A precision not listed pads every decoding step to the engine's max_verify rows.

@@ -173,7 +173,7 @@ CHECK_PROMPTS = (
 )
 
 # Backends an export checks on, where installed: those that run on any machine (the CPU ones), per precision.
-EXPORT_CHECKS = {"onnxruntime-cpu": ("fp32", "fp16", "int8"), "torch-cpu": ("fp32",)}
+EXPORT_CHECKS = {"onnxruntime-cpu": ("fp32", "fp16", "int8"), "torch-cpu": ("fp32", "bf16")}
 
 
 def export_checks(directory, manifest, modules, log) -> dict[str, dict[str, dict[str, Any]]]:

@@ -4,8 +4,10 @@ It is the numerical reference for the runtime backends and the GPU path wherever
 modules are rebuilt from the engine directory's recorded source model (``manifest.source_model``: a
 bundled name or an absolute local Hugging Face directory, whose weights must have the recorded digest,
 ``EngineRef.source_model_dir``) and its stored adapter (``manifest.adapter_dir``), and must match the
-manifest's model spec. fp32 and fp16 graphs only: the INT8 graphs exist as Q/DQ ONNX and run on
-ONNX Runtime or TensorRT.
+manifest's model spec. fp32, fp16 and bf16 (``TORCH_PRECISIONS``): the INT8 graphs exist as Q/DQ ONNX and run on
+ONNX Runtime or TensorRT; bf16 has no ONNX graphs (ONNX Runtime CPU has no bf16 MatMul), only these backends run it.
+bf16 hidden states cross the host as float32 (``contract.spec.HOST_DTYPES``): a runner narrows its float inputs to
+the caches' dtype and widens its float outputs to the spec's, both exact for bf16 values.
 
 Per graph (``TorchGraphRunner``), everything a call touches is allocated once: the caches
 ``[1, kv_heads, S_max, head_dim]`` and the token inputs at their largest ``n`` (a call uses the prefix).
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..contract.spec import GraphSpec
+from ..contract.spec import FLOAT_DTYPES, GraphSpec
 from ..errors import BackendError, EngineDirError
 from ..runtimes import importable
 from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
+
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # the modules in any float dtype; int8 exists only as Q/DQ ONNX
 
 
 class TorchGraphRunner(GraphRunner):
@@ -41,8 +45,11 @@ class TorchGraphRunner(GraphRunner):
         super().__init__(spec)
         self._torch, self.module, self.device = torch, module, torch.device(device)
         self.caches = cache_buffers(spec, lambda shape, dtype: torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device))
-        self._inputs = {t.name: torch.zeros(t.concrete(max_n), dtype=getattr(torch, t.dtype), device=self.device)
+        compute = getattr(torch, spec.caches[0].dtype)  # the modules' float dtype (bf16 hidden arrives as float32)
+        self._inputs = {t.name: torch.zeros(t.concrete(max_n), device=self.device,
+                                            dtype=compute if t.dtype.startswith("float") else getattr(torch, t.dtype))
                         for t in spec.token_inputs}
+        self._out_dtypes = {t.name: getattr(torch, t.dtype) for t in spec.token_outputs}
         self._capture_up_to = capture_up_to if self.device.type == "cuda" else 0
         self._graphs: dict[tuple[int, int], tuple[object, dict]] = {}  # (n, rows) -> (CUDAGraph, its static outputs)
 
@@ -83,7 +90,7 @@ class TorchGraphRunner(GraphRunner):
                 outputs = self._capture(n, rows)
             else:
                 outputs = self._step(n, rows)
-        return {t.name: outputs[t.name].cpu().numpy() for t in self.spec.token_outputs}
+        return {name: outputs[name].to(dtype).cpu().numpy() for name, dtype in self._out_dtypes.items()}
 
     def close(self) -> None:
         super().close()
@@ -97,14 +104,19 @@ def rebuild_modules(ref: EngineRef, modules=None):
     ``modules``, the fp32 modules the engine is being exported from)."""
     import torch
 
+    if ref.precision not in TORCH_PRECISIONS:
+        raise BackendError(f"the PyTorch backend runs {', '.join(TORCH_PRECISIONS)} graphs, not {ref.precision}: "
+                           "use --backend onnxruntime-cpu (or tensorrt) for int8")
+    if modules is None:
+        modules = _rebuild_fp32(ref)
+    return modules if ref.precision == "fp32" else modules.to_dtype(getattr(torch, FLOAT_DTYPES[ref.precision]))
+
+
+def _rebuild_fp32(ref: EngineRef):
+    """The fp32 modules from the engine's recorded source model and its stored adapter."""
     from ..model.weights import build_modules, load_adapter
 
     manifest = ref.manifest
-    if ref.precision not in ("fp32", "fp16"):
-        raise BackendError(f"the PyTorch backend runs fp32 and fp16 graphs, not {ref.precision}: "
-                           "use --backend onnxruntime-cpu (or tensorrt) for int8")
-    if modules is not None:
-        return modules if ref.precision == "fp32" else modules.to_dtype(torch.float16)
     if manifest.adapter_dir is None:
         raise EngineDirError(f"{ref.directory} does not store its adapter (built by an older kangaroo-trt): "
                              "rebuild it with kangaroo-export build to use the PyTorch backend")
@@ -114,10 +126,13 @@ def rebuild_modules(ref: EngineRef, modules=None):
                             verify_rows=ref.graphs()["deep"][1].head_rows)  # as exported
     if modules.model_spec != manifest.model:
         raise EngineDirError(f"{model_dir} is no longer the model {ref.directory} was built from: rebuild the engine directory")
-    return modules if ref.precision == "fp32" else modules.to_dtype(torch.float16)
+    return modules
 
 
 class _TorchBackend(Backend):
+    precisions = TORCH_PRECISIONS
+    needs_onnx = False
+
     @classmethod
     def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":
         return cls(engine, threads)
