@@ -54,9 +54,9 @@ def reference(engine_dir):
 
 
 @contextmanager
-def serving(engine_dir, workers: int = 1, max_queue: int = 8, mode: str = "kangaroo"):
+def serving(engine_dir, workers: int = 1, max_queue: int = 8, mode: str = "kangaroo", **settings):
     pool = EnginePool(open_workers(engine_dir, workers, threads=1), max_queue)
-    app = create_app(pool, Settings(MODEL, mode=mode, shutdown_timeout=5))
+    app = create_app(pool, Settings(MODEL, mode=mode, **{"shutdown_timeout": 5, **settings}))
     with BackgroundServer(app) as url:
         yield url, app
 
@@ -283,6 +283,24 @@ COMPLETION = {"prompt": PROMPT, "max_tokens": 4}
     ("chat/completions", {**CHAT, "messages": "hi"}, 400, "messages"),
     ("chat/completions", {**CHAT, "stream": "yes"}, 400, "stream"),
     ("chat/completions", {**CHAT, "logprobs": True}, 400, "logprobs"),
+    ("chat/completions", {**CHAT, "messages": [{"role": "user", "content": []}]}, 400, "messages.0.content"),
+    # known OpenAI fields this server cannot honour: refused, not silently ignored
+    ("chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ("chat/completions", {**CHAT, "tool_choice": "required"}, 400, "tool_choice"),
+    ("chat/completions", {**CHAT, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ("chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     400, "response_format"),
+    ("chat/completions", {**CHAT, "logit_bias": {"50256": -100}}, 400, "logit_bias"),
+    ("chat/completions", {**CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
+    ("completions", {**COMPLETION, "logit_bias": {"1": 5}}, 400, "logit_bias"),
+    # lone surrogates: valid JSON escapes that no UTF-8 text holds
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "messages.0.content"),
+    ("chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}', 400,
+     "messages.0.content"),
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "model": "\\ud800"}', 400, "model"),
+    ("completions", b'{"prompt": "hi \\ud800", "max_tokens": 4}', 400, "prompt"),
+    ("completions", b'{"prompt": ["hi \\ud800"], "max_tokens": 4}', 400, "prompt"),
+    ("completions", b'{"prompt": "hi", "max_tokens": 4, "stop": ["\\ud800"]}', 400, "stop"),
 ])
 def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, path, body, status, param):
     url, _ = server
@@ -302,6 +320,13 @@ def test_unknown_fields_are_ignored_and_errors_reach_the_client(server):
     with pytest.raises(openai.BadRequestError, match="context"):
         client(url).completions.create(model=MODEL, prompt=PROMPT, max_tokens=MAX_SEQ_LEN)
     assert metric(url, "kangaroo_requests_total", path="/v1/completions", status="400") >= 1
+
+
+def test_neutral_forms_of_unsupported_fields_are_accepted(server):
+    url, _ = server
+    reply = client(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,
+                                                tool_choice="none", response_format={"type": "text"}, logit_bias={})
+    assert reply.usage.completion_tokens == 4
 
 
 # --- the command line -----------------------------------------------------------------------------------------------
