@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
-from test_serve import DEADLINE, LONG, LONG_PROMPT, MODEL, _up, engine_dir, metric, serving, wait_for  # noqa: F401
+from test_serve import (DEADLINE, LONG, LONG_PROMPT, MODEL, _up, client, engine_dir, metric, serving,  # noqa: F401
+                        wait_for)
 
 CHAT = {"model": MODEL, "max_tokens": 4, "temperature": 0}
 
@@ -179,15 +180,17 @@ def _events(data: bytes) -> list[str]:
     return [line.removeprefix("data: ") for line in data.decode().split("\n\n") if line.startswith("data: ")]
 
 
-def test_sigterm_under_load_answers_every_request(engine_dir):
-    """2 engines, 2 requests running (one streamed) and 2 queued; SIGTERM: the queued ones get 503 JSON at once, the
-    running ones get SHUTDOWN_TIMEOUT to finish, then a 503 JSON (plain) or an error event and [DONE] (stream)."""
+def test_cli_serves_and_sigterm_under_load_answers_every_request(engine_dir):
+    """The real command serves; then, 2 engines, 2 requests running (one streamed) and 2 queued, SIGTERM: the queued
+    ones get 503 JSON at once, the running ones get SHUTDOWN_TIMEOUT to finish, then a 503 JSON (plain) or an error
+    event and [DONE] (stream), and the process exits, without a traceback in its log."""
     process = subprocess.Popen([sys.executable, "-c", SLOW_SERVE, "--engine-dir", str(engine_dir), "--port", "0",
                                 "--workers", "2", "--threads", "1", "--max-queue", "4", "--shutdown-timeout",
                                 str(SHUTDOWN_TIMEOUT), "--model-name", MODEL], stderr=subprocess.PIPE, text=True)
     try:
         url = re.search(r"http://\S+", process.stderr.readline()).group(0)
         wait_for(lambda: _up(url), "the server to answer")
+        assert client(url).completions.create(model=MODEL, prompt="hello", max_tokens=3).choices[0].text
         long = {"prompt": LONG_PROMPT, "max_tokens": LONG, "temperature": 0}
         health = lambda: httpx2.get(f"{url}/health", timeout=5).json()  # noqa: E731
         with ThreadPoolExecutor(4) as threads:
@@ -212,7 +215,8 @@ def test_sigterm_under_load_answers_every_request(engine_dir):
         assert status == 200 and content_type.startswith("text/event-stream")
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "shutting_down", events[-3:]
         assert len(events) > 3 and all("choices" in json.loads(e) for e in events[:-2])  # pieces, then the error
-        assert process.wait(timeout=DEADLINE) == -signal.SIGTERM
+        assert process.wait(timeout=DEADLINE) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
+        assert time.time() - signalled < SHUTDOWN_TIMEOUT + 5  # the deadline plus the shutdown's own steps
         log = process.stderr.read()
         assert "Traceback" not in log and "CancelledError" not in log and "Application shutdown complete" in log, log
     finally:
