@@ -166,9 +166,11 @@ ROWS: dict[str, Row] = {
     # kangaroo-bench
     "bench-questions-not-utf8": Row("bench", lambda p: ["--engine-dir", p["engine"], "--questions", p["tmp"] / "q.jsonl",
                                                         "--out", p["tmp"] / "r"], "UTF-8", setup=_bench_questions),
-    "bench-questions-lone-surrogate": Row("bench", lambda p: ["--engine-dir", p["engine"], "--questions", p["tmp"] / "q.jsonl",
-                                                              "--out", p["tmp"] / "r"], "q.jsonl:1 is not UTF-8 text",
-                                          setup=_lone_surrogate("q.jsonl", '{"question_id": 1, "category": "qa", "turns": ["X"]}')),
+    "bench-questions-lone-surrogate": Row("bench", lambda p: ["--engine-dir", p["engine"], "--questions",
+                                                              p["tmp"] / "q.jsonl", "--out", p["tmp"] / "r"],
+                                          "q.jsonl:1 is not UTF-8 text",
+                                          setup=_lone_surrogate("q.jsonl", '{"question_id": 1, "category": "qa", '
+                                                                           '"turns": ["X"]}')),
     "bench-out-under-a-file": Row("bench", lambda p: ["--engine-dir", p["engine"], "--limit", "1", "--out",
                                                       p["tmp"] / "f" / "r"], "not a directory",
                                   setup=lambda p: _user_file(p["tmp"] / "f")),

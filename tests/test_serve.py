@@ -335,8 +335,8 @@ def test_cli_bad_engine_dir(tmp_path):
     assert result.exit_code == 2 and result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("cli, option, value", [("serve", "--shutdown-timeout", "nan"), ("serve", "--shutdown-timeout", "inf"),
-                                               ("serve_load", "--time-limit", "nan")])
+@pytest.mark.parametrize("cli, option, value", [("serve", "--shutdown-timeout", "nan"),
+                                               ("serve", "--shutdown-timeout", "inf"), ("serve_load", "--time-limit", "nan")])
 def test_cli_non_finite_seconds(tmp_path, cli, option, value):
     """Refused before anything loads (the engine directory does not even exist)."""
     from kangaroo_trt.cli import serve_load_cli

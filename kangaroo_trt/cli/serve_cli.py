@@ -28,7 +28,8 @@ from .common import quiet_libraries, user_errors
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine [cores / workers].")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="On SIGTERM, seconds running requests get to finish before they are stopped (503); queued ones get 503 at once.")
+              help="On SIGTERM, seconds running requests get to finish before they are stopped (503); "
+                   "queued ones get 503 at once.")
 @click.option("--max-body-mb", type=click.IntRange(min=1), default=4, show_default=True,
               help="Largest request body in megabytes; a larger one gets 413.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)

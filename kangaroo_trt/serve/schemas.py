@@ -3,9 +3,9 @@
 Types are strict (``"5"`` is not an integer), as OpenAI's API is. Fields this server knows but cannot honour
 (``n`` > 1, log-probabilities, penalties, ``logit_bias``, ``echo``, ``suffix``, ``best_of`` > 1, ``tools``, a
 ``response_format`` other than text) are refused rather than ignored, so that a client never silently gets something
-other than what it asked for; their neutral values (``tool_choice: "none"``, ``response_format: {"type": "text"}``)
-are accepted. Text must encode as UTF-8 (JSON's ``"\\ud800"`` escape gives a lone surrogate, which does not).
-``top_k`` is an extension (as in vLLM).
+other than what it asked for; their neutral values (``tool_choice: "none"`` or ``"auto"``,
+``response_format: {"type": "text"}``) are accepted. Text must encode as UTF-8 (JSON's ``"\\ud800"`` escape gives
+a lone surrogate, which does not). ``top_k`` is an extension (as in vLLM).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class ChatCompletionRequest(_Generation):
         if self.tools:
             raise Unsupported("tools", "tools are not supported: this server does not call functions; leave tools out")
         if self.tool_choice not in (None, "none", "auto"):
-            raise Unsupported("tool_choice", 'tool_choice must be "none": this server does not call functions')
+            raise Unsupported("tool_choice", 'tool_choice must be "none" (or "auto"): this server does not call functions')
         if self.response_format is not None and self.response_format.get("type") != "text":
             raise Unsupported("response_format", f"response_format {self.response_format.get('type')!r} is not "
                               'supported (the output is not constrained): leave it out or use {"type": "text"}')
