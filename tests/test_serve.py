@@ -6,10 +6,6 @@ Outputs are compared with the engine's own API and with ``kangaroo-run`` on the 
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
