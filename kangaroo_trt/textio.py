@@ -40,13 +40,29 @@ def read_stream(stream: BinaryIO, where: str) -> str:
     return decode_utf8(stream.read(), where)
 
 
-def check_text(text: str, where: str) -> str:
-    """Text that came through ``sys.argv``: undecodable bytes arrive as lone surrogates; refuse them."""
+def check_text(text: str, where: str, fix: str = "pass UTF-8 text") -> str:
+    """``text`` if it encodes as UTF-8, else an ``InputError``. Python strings can hold lone surrogates that UTF-8
+    cannot encode: undecodable bytes of ``sys.argv`` arrive as them, and so does a JSON escape such as ``"\\ud800"``."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise InputError(f"{where} is not UTF-8 text (at character {err.start}): pass UTF-8 text") from err
+        raise InputError(f"{where} is not UTF-8 text (character {err.start} is a lone surrogate, "
+                         f"U+{ord(text[err.start]):04X}): {fix}") from err
     return text
+
+
+def check_json_text(value, where: str):
+    """A parsed JSON value whose strings (keys included) all pass ``check_text``."""
+    if isinstance(value, str):
+        check_text(value, where, "fix the \\u escape (a surrogate needs its pair)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json_text(key, where)
+            check_json_text(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            check_json_text(item, where)
+    return value
 
 
 def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:

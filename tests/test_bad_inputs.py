@@ -91,6 +91,11 @@ def _bench_questions(p):
     (p["tmp"] / "q.jsonl").write_bytes(b'{"question_id": 1, "category": "qa", "turns": ["caf\xe9"]}\n')
 
 
+def _lone_surrogate(name: str, record: str) -> Callable[[dict], None]:
+    """A valid JSON line whose escape "\\ud800" is a lone surrogate, which UTF-8 cannot encode."""
+    return lambda p: (p["tmp"] / name).write_text(record.replace("X", "\\ud800") + "\n")
+
+
 def _data(p):
     (p["tmp"] / "data.jsonl").write_text('{"prompt": "hello there, how are you"}\n')
 
@@ -148,6 +153,9 @@ ROWS: dict[str, Row] = {
     # kangaroo-train / kangaroo-tune
     "train-data-not-utf8": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "d.jsonl", "--out",
                                                    p["tmp"] / "a"], "UTF-8", setup=_bad_utf8("d.jsonl")),
+    "train-data-lone-surrogate": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "d.jsonl", "--out",
+                                                         p["tmp"] / "a"], "d.jsonl:1 is not UTF-8 text",
+                                     setup=_lone_surrogate("d.jsonl", '{"prompt": "hello X there, how are you"}')),
     "train-exclude-missing": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "data.jsonl", "--exclude",
                                                      p["tmp"] / "nope.jsonl", "--out", p["tmp"] / "a"], "nope.jsonl",
                                  setup=_data),
@@ -158,6 +166,11 @@ ROWS: dict[str, Row] = {
     # kangaroo-bench
     "bench-questions-not-utf8": Row("bench", lambda p: ["--engine-dir", p["engine"], "--questions", p["tmp"] / "q.jsonl",
                                                         "--out", p["tmp"] / "r"], "UTF-8", setup=_bench_questions),
+    "bench-questions-lone-surrogate": Row("bench", lambda p: ["--engine-dir", p["engine"], "--questions",
+                                                              p["tmp"] / "q.jsonl", "--out", p["tmp"] / "r"],
+                                          "q.jsonl:1 is not UTF-8 text",
+                                          setup=_lone_surrogate("q.jsonl", '{"question_id": 1, "category": "qa", '
+                                                                           '"turns": ["X"]}')),
     "bench-out-under-a-file": Row("bench", lambda p: ["--engine-dir", p["engine"], "--limit", "1", "--out",
                                                       p["tmp"] / "f" / "r"], "not a directory",
                                   setup=lambda p: _user_file(p["tmp"] / "f")),

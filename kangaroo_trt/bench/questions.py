@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..bundled import default_questions_path
 from ..errors import InputError
-from ..textio import jsonl_lines, read_text
+from ..textio import check_json_text, jsonl_lines, read_text
 
 MT_BENCH_CATEGORIES = frozenset(
     {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
@@ -51,6 +51,7 @@ def _parse(line: str, where: str) -> Question:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise InputError(f"{where} is not valid JSON ({err.msg}): one JSON object per line is expected") from err
+    check_json_text(record, where)
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object with question_id, category, turns")
     missing = [key for key in ("question_id", "category", "turns") if key not in record]

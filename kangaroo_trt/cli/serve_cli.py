@@ -28,25 +28,29 @@ from .common import quiet_libraries, user_errors
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine [cores / workers].")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="On SIGTERM, seconds in-flight requests get to finish before they are cancelled.")
+              help="On SIGTERM, seconds running requests get to finish before they are stopped (503); "
+                   "queued ones get 503 at once.")
+@click.option("--max-body-mb", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Largest request body in megabytes; a larger one gets 413.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @user_errors
 def main(engine_dir, host, port, workers, max_queue, mode, model_name, backend, precision, threads, shutdown_timeout,
-         log_level) -> None:
+         max_body_mb, log_level) -> None:
     """Serve an engine directory over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
     quiet_libraries()
     from ..serve.app import Settings, create_app
     from ..serve.pool import EnginePool, default_workers, open_workers
     from ..serve.server import bind, make_server
 
+    name = model_name or engine_dir.resolve().name
+    settings = Settings(name, mode=mode, shutdown_timeout=shutdown_timeout, max_body_mb=max_body_mb)  # checked first
     sock = bind(host, port)  # a busy port fails before the engines load
     count = workers or default_workers()
     pool = EnginePool(open_workers(engine_dir, count, backend=backend, precision=precision, threads=threads), max_queue)
-    name = model_name or engine_dir.resolve().name
-    app = create_app(pool, Settings(name, mode=mode, shutdown_timeout=shutdown_timeout))
+    app = create_app(pool, settings)
     click.echo(f"kangaroo-serve: {name} ({mode}, {count} engine(s), {pool.workers[0].description}, queue {max_queue}) "
                f"on http://{host}:{sock.getsockname()[1]}", err=True)
-    make_server(app, shutdown_timeout, log_level).run(sockets=[sock])
+    make_server(app, log_level).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 * ``openai_format.py``: response bodies, stream chunks and error bodies in OpenAI's shapes.
 * ``generation.py``: one request's run on a leased engine (pieces, result, time to first token, metrics).
 * ``metrics.py``: Prometheus metrics (prometheus_client).
+* ``middleware.py``: the request body limit (413) and the count of answered requests.
 * ``app.py``: the FastAPI application and its routes.
 * ``server.py``: uvicorn on a bound socket (graceful shutdown), in the foreground or a background thread.
 * ``load.py``: the bounded loopback load run (kangaroo-serve-load).

@@ -3,12 +3,17 @@
 Each generation request leases an engine from the pool (or waits in its bounded queue, or gets a 429 at once),
 runs on it, and gives it back when it ends, fails, or its client goes away: a streamed response notices the
 disconnect (Starlette cancels it), a plain one watches for it while it waits.
+
+Shutdown (``begin_shutdown``, called by ``server.py`` when uvicorn starts shutting down): queued requests get 503 at
+once; running ones get ``shutdown_timeout`` seconds to finish, then their generations are stopped and they end with a
+503 (plain) or an error event and ``[DONE]`` (streams).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import perf_counter
@@ -21,22 +26,31 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..config import MODES
-from ..errors import KangarooError
-from .generation import ContextTooLong, Generation
+from ..errors import ConfigError, KangarooError
+from .generation import ContextTooLong, Generation, check_chars
 from .metrics import ServerMetrics
+from .middleware import CountRequests, LimitBody
 from .openai_format import Shape, error_body, sse
 from .pool import EnginePool, Lease, QueueFull, ShuttingDown
 from .schemas import ChatCompletionRequest, CompletionRequest, Unsupported
 
 log = logging.getLogger("kangaroo_trt.serve")
-PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+MB = 1 << 20
 
 
 @dataclass
 class Settings:
     model_name: str
     mode: str = MODES[0]  # kangaroo
-    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown before they are cancelled
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown before they are stopped
+    max_body_mb: int = 4  # larger request bodies get 413
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.shutdown_timeout, (int, float)) and math.isfinite(self.shutdown_timeout)
+                and self.shutdown_timeout >= 0):
+            raise ConfigError(f"--shutdown-timeout must be a finite number of seconds >= 0, got {self.shutdown_timeout}")
+        if not (isinstance(self.max_body_mb, int) and self.max_body_mb >= 1):
+            raise ConfigError(f"--max-body-mb must be a whole number of megabytes >= 1, got {self.max_body_mb}")
 
 
 class ModelNotFound(Exception):
@@ -49,6 +63,12 @@ class ClientGone(Exception):
 
 def create_app(pool: EnginePool, settings: Settings) -> FastAPI:
     metrics = ServerMetrics(pool)
+    deadline: list[asyncio.TimerHandle] = []
+
+    def begin_shutdown() -> None:
+        """Fail the queued requests now; stop the running generations after ``shutdown_timeout`` seconds."""
+        pool.shut_down()
+        deadline.append(asyncio.get_running_loop().call_later(settings.shutdown_timeout, pool.interrupt))
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -56,12 +76,19 @@ def create_app(pool: EnginePool, settings: Settings) -> FastAPI:
         pool.closing = True  # uvicorn has stopped accepting, finished or cancelled requests; free the engines
         if not await pool.wait_idle(settings.shutdown_timeout):
             log.warning("%d engine(s) still busy at shutdown", pool.busy)
+        for handle in deadline:
+            handle.cancel()
         pool.close()
 
     app = FastAPI(title="kangaroo-serve", lifespan=lifespan)
     app.state.pool, app.state.metrics, app.state.settings = pool, metrics, settings
-    app.add_middleware(CountRequests, metrics=metrics)
-    _add_error_handlers(app, metrics)
+    app.state.begin_shutdown = begin_shutdown
+    error = _error_response(metrics)
+    too_large = f"the request body is larger than this server's limit of {settings.max_body_mb} MB: send less"
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_mb * MB,
+                       too_large=lambda: error(413, "bad_request", too_large, code="request_too_large"))
+    app.add_middleware(CountRequests, metrics=metrics)  # outermost of ours: counts the 413s too
+    _add_error_handlers(app, error)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -92,9 +119,11 @@ def create_app(pool: EnginePool, settings: Settings) -> FastAPI:
         if body.model is not None and body.model != settings.model_name:
             raise ModelNotFound(body.model)
         body.unsupported()
+        check_chars(prompt, pool.workers[0].max_prompt_chars, pool.workers[0].max_seq_len, prompt_param)
         lease = await _until_disconnected(request, pool.lease(), abandon=_release)
         try:
-            generation = Generation.start(lease, prompt, chat, body.sampling(), settings.mode, metrics, arrived, prompt_param)
+            generation = await Generation.start(lease, prompt, chat, body.sampling(), settings.mode, metrics, arrived,
+                                                prompt_param)
         except BaseException:
             await _release(lease)
             raise
@@ -120,6 +149,9 @@ async def _events(generation: Generation, shape: Shape, include_usage: bool, met
     except KangarooError as err:
         metrics.errors.labels("bad_request").inc()
         yield sse(error_body(str(err)))
+    except ShuttingDown as err:  # the shutdown deadline stopped it
+        metrics.errors.labels("shutting_down").inc()
+        yield sse(error_body(str(err), "server_error", code="shutting_down"))
     except Exception:
         metrics.errors.labels("internal").inc()
         log.exception("generation failed")
@@ -187,11 +219,17 @@ async def _until_disconnected(request: Request, awaitable, abandon=None) -> Any:
     return task.result()
 
 
-def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+def _error_response(metrics: ServerMetrics):
+    """``error(status, kind, message, ...)``: an error body in OpenAI's shape, counted by kind."""
+
     def error(status: int, kind: str, *args, headers: dict | None = None, **kwargs) -> JSONResponse:
         metrics.errors.labels(kind).inc()
         return JSONResponse(error_body(*args, **kwargs), status_code=status, headers=headers)
 
+    return error
+
+
+def _add_error_handlers(app: FastAPI, error) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0]
@@ -199,7 +237,9 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
             return error(400, "bad_request", f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         where = ".".join(loc) or "body"
-        return error(400, "bad_request", f"{where}: {first.get('msg', 'invalid')}", param=where)
+        # a check of ours (schemas.py) raised ValueError: its message, without pydantic's "Value error, " prefix
+        message = str(first["ctx"]["error"]) if first.get("type") == "value_error" else first.get("msg", "invalid")
+        return error(400, "bad_request", f"{where}: {message}", param=where)
 
     @app.exception_handler(Unsupported)
     async def unsupported(_request, exc: Unsupported):
@@ -224,8 +264,8 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
                      "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
 
     @app.exception_handler(ShuttingDown)
-    async def stopping(_request, _exc):
-        return error(503, "shutting_down", "the server is shutting down", "server_error")
+    async def stopping(_request, exc: ShuttingDown):
+        return error(503, "shutting_down", str(exc), "server_error", code="shutting_down")
 
     @app.exception_handler(ClientGone)
     async def gone(_request, _exc):
@@ -239,26 +279,3 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     async def internal(_request, exc: Exception):
         log.error("internal error", exc_info=exc)
         return error(500, "internal", "internal server error (see the server's log)", "server_error")
-
-
-class CountRequests:
-    """ASGI middleware: count answered requests by path and status code (streaming responses untouched)."""
-
-    def __init__(self, app, metrics: ServerMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = {"code": 499}
-
-        async def send_status(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = scope["path"] if scope["path"] in PATHS else "other"
-            self.metrics.requests.labels(path, str(status["code"])).inc()

@@ -10,6 +10,7 @@ Kangaroo text equals AR's (greedy decoding: it must). The client shares this pro
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..markdown import markdown_table
 from .app import Settings, create_app
 from .pool import EnginePool, open_workers
@@ -31,6 +32,10 @@ class LoadConfig:
     max_tokens: int = 64
     time_limit: float = 600.0  # seconds per run
     chat: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.time_limit, (int, float)) and math.isfinite(self.time_limit) and self.time_limit >= 1):
+            raise ConfigError(f"--time-limit must be a finite number of seconds >= 1, got {self.time_limit}")
 
 
 @dataclass

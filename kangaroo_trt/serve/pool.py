@@ -3,6 +3,9 @@
 A request leases a free worker at once, or waits in a FIFO queue of at most ``max_queue`` requests; when that is
 full it is refused at once (``QueueFull``: HTTP 429) instead of piling up. A lease gives its worker back exactly once,
 after the generation running on it has stopped (so the next request never finds the engine busy).
+
+Shutdown has two steps: ``shut_down`` refuses new leases and fails the queued requests at once; ``interrupt`` (at the
+shutdown deadline) stops the generations still running, which then end with ``ShuttingDown`` too.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ class QueueFull(Exception):
 
 
 class ShuttingDown(Exception):
-    """The server is stopping and takes no new requests."""
+    """The server is stopping: it takes no new requests, or stopped this one's generation at the shutdown deadline."""
+
+    def __init__(self, message: str = "the server is shutting down: retry on another instance or later") -> None:
+        super().__init__(message)
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -51,6 +57,7 @@ class EnginePool:
         self.workers, self.max_queue = workers, max_queue
         self._free: deque[Worker] = deque(workers)
         self._waiters: deque[asyncio.Future] = deque()
+        self._leases: set[Lease] = set()  # lent and not yet given back
         self.closing = False
 
     @property
@@ -65,13 +72,13 @@ class EnginePool:
         if self.closing:
             raise ShuttingDown
         if self._free and not self.queued:
-            return Lease(self, self._free.popleft())
+            return self._lend(self._free.popleft())
         if self.queued >= self.max_queue:
             raise QueueFull
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            return Lease(self, await waiter)
+            return self._lend(await waiter)
         except asyncio.CancelledError:  # the client left while waiting; a worker handed over meanwhile goes back
             if waiter.done() and not waiter.cancelled():
                 self._give_back(waiter.result())
@@ -79,6 +86,23 @@ class EnginePool:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def _lend(self, worker: Worker) -> "Lease":
+        lease = Lease(self, worker)
+        self._leases.add(lease)
+        return lease
+
+    def shut_down(self) -> None:
+        """Take no new leases; the requests waiting in the queue fail at once with ``ShuttingDown``."""
+        self.closing = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ShuttingDown())
+
+    def interrupt(self) -> None:
+        """Stop every generation still running (the shutdown deadline); each then ends with ``ShuttingDown``."""
+        for lease in list(self._leases):
+            lease.interrupt()
 
     def _give_back(self, worker: Worker) -> None:
         while self._waiters:
@@ -110,6 +134,14 @@ class Lease:
         self.pool, self.worker = pool, worker
         self.stop: Callable | None = None  # an awaitable-returning stopper of the generation running on the worker
         self.released = False
+        self.interrupted = False  # stopped by the server's shutdown, not by its request
+        self._stopping: asyncio.Task | None = None
+
+    def interrupt(self) -> None:
+        """Stop the generation (its reader sees the end of its pieces and ``interrupted``); the lease stays lent."""
+        self.interrupted = True
+        if self.stop is not None and self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.stop())
 
     async def release(self) -> None:
         if self.released:
@@ -119,4 +151,5 @@ class Lease:
             if self.stop is not None:
                 await self.stop()
         finally:
+            self.pool._leases.discard(self)
             self.pool._give_back(self.worker)

@@ -1,16 +1,21 @@
 """Request bodies of the OpenAI API, validated: unknown fields are ignored, invalid ones become a 400.
 
 Types are strict (``"5"`` is not an integer), as OpenAI's API is. Fields this server knows but cannot honour
-(``n`` > 1, log-probabilities, penalties, ``echo``, ``suffix``, ``best_of`` > 1) are refused rather than ignored,
-so that a client never silently gets something other than what it asked for. ``top_k`` is an extension (as in vLLM).
+(``n`` > 1, log-probabilities, penalties, ``logit_bias``, ``echo``, ``suffix``, ``best_of`` > 1, ``tools``, a
+``response_format`` other than text) are refused rather than ignored, so that a client never silently gets something
+other than what it asked for; their neutral values (``tool_choice: "none"`` or ``"auto"``,
+``response_format: {"type": "text"}``) are accepted. Text must encode as UTF-8 (JSON's ``"\\ud800"`` escape gives
+a lone surrogate, which does not). ``top_k`` is an extension (as in vLLM).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..errors import InputError
+from ..textio import check_json_text
 from .worker import Sampling
 
 
@@ -26,6 +31,14 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+def _utf8(value):
+    """A field's text (a string, or a list of them) that encodes as UTF-8."""
+    try:
+        return check_json_text(value, "the text")
+    except InputError as err:
+        raise ValueError(str(err)) from err
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -34,10 +47,21 @@ class ContentPart(_Body):
     type: Literal["text"]
     text: str
 
+    _text_utf8 = field_validator("text")(_utf8)
+
 
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart]
+
+    _content_utf8 = field_validator("content")(_utf8)
+
+    @field_validator("content")
+    @classmethod
+    def _not_empty_list(cls, content):
+        if isinstance(content, list) and not content:
+            raise ValueError("content must be a string or a non-empty list of text parts")
+        return content
 
     def as_dict(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -57,6 +81,9 @@ class _Generation(_Body):
     n: int = 1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[str, Any] | None = None
+
+    _text_utf8 = field_validator("model", "stop")(_utf8)
 
     @model_validator(mode="after")
     def _check_stop(self):
@@ -72,6 +99,8 @@ class _Generation(_Body):
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 raise Unsupported(name, f"{name} is not supported: leave it at 0")
+        if self.logit_bias:
+            raise Unsupported("logit_bias", "logit_bias is not supported: leave it out")
 
     def sampling(self, max_tokens: int | None = None) -> Sampling:
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -87,11 +116,23 @@ class ChatCompletionRequest(_Generation):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)  # the newer name of max_tokens
     logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def unsupported(self) -> None:
         super().unsupported()
-        if self.logprobs:
-            raise Unsupported("logprobs", "logprobs is not supported: leave it out")
+        for name in ("logprobs", "top_logprobs"):
+            if getattr(self, name):
+                raise Unsupported(name, f"{name} is not supported: leave it out")
+        if self.tools:
+            raise Unsupported("tools", "tools are not supported: this server does not call functions; leave tools out")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise Unsupported("tool_choice", 'tool_choice must be "none" (or "auto"): this server does not call functions')
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise Unsupported("response_format", f"response_format {self.response_format.get('type')!r} is not "
+                              'supported (the output is not constrained): leave it out or use {"type": "text"}')
 
     def sampling(self) -> Sampling:
         return super().sampling(self.max_completion_tokens)
@@ -107,6 +148,8 @@ class CompletionRequest(_Generation):
     suffix: str | None = None
     best_of: int | None = None
     logprobs: int | None = None
+
+    _prompt_utf8 = field_validator("prompt")(_utf8)
 
     def unsupported(self) -> None:
         super().unsupported()

@@ -1,7 +1,9 @@
 """uvicorn on a socket bound here: in the foreground (the CLI; SIGTERM shuts down gracefully) or in a thread.
 
-On SIGTERM / SIGINT uvicorn stops accepting connections, lets in-flight requests finish for ``shutdown_timeout``
-seconds, then cancels them (their engines are given back), and the app's shutdown frees the engines.
+On SIGTERM / SIGINT uvicorn stops accepting connections and the app's ``begin_shutdown`` runs: queued requests get
+503 at once, running ones get the app's ``shutdown_timeout`` seconds to finish before the app stops them (they end
+with 503 / an error event). Only a request still running ``BACKSTOP`` seconds later is cancelled by uvicorn itself.
+Then the app's shutdown frees the engines.
 """
 
 from __future__ import annotations
@@ -28,18 +30,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app, shutdown_timeout: float, log_level: str = "info") -> uvicorn.Server:
-    config = uvicorn.Config(app, timeout_graceful_shutdown=shutdown_timeout, log_level=log_level,
-                            access_log=log_level == "debug", lifespan="on")
-    return uvicorn.Server(config)
+BACKSTOP = 5.0  # seconds past the app's shutdown timeout after which uvicorn cancels what still runs
+
+
+class _Server(uvicorn.Server):
+    async def shutdown(self, sockets=None) -> None:
+        self.config.app.state.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def make_server(app, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server for ``app`` (made by ``app.create_app``: its settings give the shutdown timeout)."""
+    config = uvicorn.Config(app, timeout_graceful_shutdown=app.state.settings.shutdown_timeout + BACKSTOP,
+                            log_level=log_level, access_log=log_level == "debug", lifespan="on")
+    return _Server(config)
 
 
 class BackgroundServer:
     """``with BackgroundServer(app) as url:`` serves ``app`` on a free loopback port in a thread until the block ends."""
 
-    def __init__(self, app, host: str = "127.0.0.1", shutdown_timeout: float = 5.0, log_level: str = "warning") -> None:
+    def __init__(self, app, host: str = "127.0.0.1", log_level: str = "warning") -> None:
         self.sock = bind(host, 0)
-        self.server = make_server(app, shutdown_timeout, log_level)
+        self.server = make_server(app, log_level)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
                                        name="kangaroo-serve")

@@ -31,6 +31,9 @@ class Worker:
     def __init__(self, engine: KangarooEngine, index: int) -> None:
         self.engine, self.index = engine, index
         self.description = f"{engine.backend.name} {engine.precision} on {engine.backend.device}"
+        # No token stands for more characters than the longest vocabulary entry spells (byte-level BPE: one character
+        # per byte; SentencePiece: one per character or more), so text longer than this cannot fit the context.
+        self.max_prompt_chars = self.max_seq_len * max(map(len, engine.tokenizer.get_vocab()))
 
     @classmethod
     def open(cls, directory: str | Path, index: int = 0, backend: str = "auto", precision: str | None = None,

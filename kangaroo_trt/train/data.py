@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
-from ..textio import jsonl_lines, read_text
+from ..textio import check_json_text, jsonl_lines, read_text
 
 
 class DataError(InputError):
@@ -96,6 +96,14 @@ def example_from_record(obj, where: str) -> Example | None:
     raise DataError(f"{where}: no 'conversations', 'messages', 'prompt' or 'text' field (has {sorted(obj)[:5]})")
 
 
+def _utf8_record(obj, where: str):
+    """``obj`` if all its strings are UTF-8 text (a JSON "\\ud800" escape is not), else a ``DataError``."""
+    try:
+        return check_json_text(obj, where)
+    except InputError as err:
+        raise DataError(str(err)) from err
+
+
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[object, str]]:
     for number, line in jsonl_lines(text):
         where = f"{path}:{number}"
@@ -136,7 +144,7 @@ def read_examples(path: Path, skip_bad: bool = False, exclude: "BenchmarkFilter 
         try:
             if isinstance(obj, DataError):
                 raise obj
-            example = example_from_record(obj, where)
+            example = example_from_record(_utf8_record(obj, where), where)
         except DataError:
             if not skip_bad:
                 raise
@@ -178,6 +186,7 @@ class BenchmarkFilter:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from err
+                obj = _utf8_record(obj, f"{path}:{number}")
                 if isinstance(obj, dict) and isinstance(obj.get("turns"), list):
                     prompts += [t for t in obj["turns"] if isinstance(t, str)]
                 else:
