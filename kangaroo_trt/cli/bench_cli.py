@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..config import DecodeConfig
-from .common import drafting_options, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
+from .common import drafting_options, exact_option, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
 
 QUICK = "--limit 2 --max-new-tokens 64"  # every category, a few minutes on 2 CPU cores
 
@@ -58,6 +58,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling: turn i uses seed + i in both modes.")
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
+@exact_option
 @click.option("--threads", type=int, default=None, help="Runtime threads [runtime default].")
 @thread_pool_option
 @click.option("--hf-baseline", is_flag=True, help="Also time transformers generate on the engine's source model.")
@@ -66,7 +67,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
 def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, lookup_ngram, adaptive_gamma,
-         draft_floor, temperature, top_k, top_p, seed, backend, precision, threads, thread_pool, hf_baseline, no_warmup,
+         draft_floor, temperature, top_k, top_p, seed, backend, precision, exact, threads, thread_pool, hf_baseline, no_warmup,
          out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
@@ -86,7 +87,7 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
     command = _command_line(click.get_current_context())
     questions = select(load_questions(questions_file), _categories(categories), limit)
     use_thread_pool(thread_pool, threads)
-    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
+    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads, exact=exact)
     baseline = None
     if hf_baseline:
         from ..bench.hf_baseline import TransformersBaseline

@@ -36,6 +36,14 @@ def use_thread_pool(kind: str, threads: int | None) -> None:
         share_thread_pool(threads)
 
 
+def exact_option(command):
+    """--exact/--no-exact (run, bench, serve, check): KangarooEngine.open's ``exact``."""
+    return click.option("--exact/--no-exact", default=True, show_default=True,
+                        help="Greedy Kangaroo bitwise identical to greedy AR by construction (decoding steps padded to "
+                             "the row count the backend needs; free on ONNX Runtime CPU fp32/fp16). --no-exact skips the "
+                             "padding and may flip near-ties.")(command)
+
+
 def drafting_options(command):
     """The drafting fields of ``DecodeConfig`` as options (kangaroo-run and kangaroo-bench), defaults from the dataclass."""
     from ..config import DecodeConfig

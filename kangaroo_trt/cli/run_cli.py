@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import MODES, DecodeConfig
-from .common import drafting_options, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
+from .common import drafting_options, exact_option, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
 
 
 @click.command()
@@ -35,11 +35,12 @@ from .common import drafting_options, quiet_libraries, user_errors, thread_pool_
 @click.option("--threads", type=int, default=None, help="CPU threads for the runtime [its default].")
 @thread_pool_option
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
+@exact_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
 def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, tau, lookup_ngram, adaptive_gamma,
          draft_floor, temperature, top_k, top_p, seed, stop, backend, threads, thread_pool, precision,
-         as_json) -> None:
+         exact, as_json) -> None:
     """Generate with Kangaroo self-speculative decoding (or plain AR with --mode ar); greedy unless --temperature."""
     quiet_libraries()
     from ..runner.api import KangarooEngine
@@ -48,7 +49,7 @@ def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, t
     prompt = read_stream(click.get_binary_stream("stdin"), "standard input") if prompt == "-" else check_text(prompt, "--prompt")
     stop = tuple(check_text(s, "--stop") for s in stop)
     use_thread_pool(thread_pool, threads)
-    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads)
+    engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads, exact=exact)
     config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed,
                                   lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma, draft_floor=draft_floor)

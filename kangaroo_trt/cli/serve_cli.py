@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..config import MODES
-from .common import quiet_libraries, user_errors
+from .common import exact_option, quiet_libraries, user_errors
 
 
 @click.command()
@@ -26,6 +26,7 @@ from .common import quiet_libraries, user_errors
               help="auto (TensorRT > onnxruntime-cuda > torch-cuda > onnxruntime-cpu), or one of: tensorrt, "
                    "onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu.")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
+@exact_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine [cores / workers].")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM, seconds running requests get to finish before they are stopped (503); "
@@ -34,7 +35,7 @@ from .common import quiet_libraries, user_errors
               help="Largest request body in megabytes; a larger one gets 413.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @user_errors
-def main(engine_dir, host, port, workers, max_queue, mode, model_name, backend, precision, threads, shutdown_timeout,
+def main(engine_dir, host, port, workers, max_queue, mode, model_name, backend, precision, exact, threads, shutdown_timeout,
          max_body_mb, log_level) -> None:
     """Serve an engine directory over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
     quiet_libraries()
@@ -46,7 +47,8 @@ def main(engine_dir, host, port, workers, max_queue, mode, model_name, backend, 
     settings = Settings(name, mode=mode, shutdown_timeout=shutdown_timeout, max_body_mb=max_body_mb)  # checked first
     sock = bind(host, port)  # a busy port fails before the engines load
     count = workers or default_workers()
-    pool = EnginePool(open_workers(engine_dir, count, backend=backend, precision=precision, threads=threads), max_queue)
+    pool = EnginePool(open_workers(engine_dir, count, backend=backend, precision=precision, threads=threads,
+                                     exact=exact), max_queue)
     app = create_app(pool, settings)
     click.echo(f"kangaroo-serve: {name} ({mode}, {count} engine(s), {pool.workers[0].description}, queue {max_queue}) "
                f"on http://{host}:{sock.getsockname()[1]}", err=True)

@@ -85,10 +85,10 @@ class ExactnessReport:
 
     def table(self) -> str:
         """A per-graph Markdown table and the Kangaroo-vs-AR line."""
-        from ..markdown import table
+        from ..markdown import markdown_table
 
         rows = [[g, str(t.rows), str(t.equal), f"{t.max_abs_diff:.3g}", "yes" if t.ok else "NO"] for g, t in self.graphs.items()]
-        text = table(["graph", "rows compared", "bitwise equal", "max abs diff", "invariant"], rows)
+        text = "\n".join(markdown_table(["graph", "rows compared", "bitwise equal", "max abs diff", "invariant"], rows))
         mode = f"exact mode, steps padded to {self.rows} rows" if self.exact and self.rows > 1 else \
             ("exact mode, no padding needed" if self.exact else "exact mode off")
         lines = [f"{self.backend} {self.precision} ({mode})", "", text, "",

@@ -36,13 +36,13 @@ def default_workers(cores: int | None = None) -> int:
 
 
 def open_workers(directory, count: int, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None) -> list[Worker]:
+                 threads: int | None = None, exact: bool = True) -> list[Worker]:
     """``count`` engines from one directory; ``threads`` defaults to this machine's cores shared among them."""
     threads = threads or max(1, (os.cpu_count() or 1) // count)
     workers: list[Worker] = []
     try:
         for i in range(count):
-            workers.append(Worker.open(directory, i, backend=backend, precision=precision, threads=threads))
+            workers.append(Worker.open(directory, i, backend=backend, precision=precision, threads=threads, exact=exact))
     except BaseException:
         for w in workers:
             w.close()

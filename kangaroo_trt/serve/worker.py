@@ -37,8 +37,8 @@ class Worker:
 
     @classmethod
     def open(cls, directory: str | Path, index: int = 0, backend: str = "auto", precision: str | None = None,
-             threads: int | None = None) -> "Worker":
-        return cls(KangarooEngine.open(directory, backend=backend, precision=precision, threads=threads), index)
+             threads: int | None = None, exact: bool = True) -> "Worker":
+        return cls(KangarooEngine.open(directory, backend=backend, precision=precision, threads=threads, exact=exact), index)
 
     @property
     def max_seq_len(self) -> int:
