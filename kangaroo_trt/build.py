@@ -129,7 +129,7 @@ def _build(model: str, out: Path, export: ExportConfig, adapter: AdapterCheckpoi
         manifest = dataclasses.replace(manifest, backends={p: runnable_backends(manifest, p) for p in graphs})
         manifest.write(tmp)
         # The losslessness report: exact mode checked bitwise on the backends this machine has (runner/exactness.py).
-        manifest = dataclasses.replace(manifest, exactness=export_checks(tmp, manifest, modules, log))
+        manifest = dataclasses.replace(manifest, exactness=export_checks(tmp, manifest, log))
         manifest.write(tmp)
         swap_in(tmp, out, existed, force)
     except BaseException:

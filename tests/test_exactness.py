@@ -54,9 +54,7 @@ def test_export_records_the_check_per_backend_and_precision(engine_dir):
         assert record["kangaroo_equals_ar"]["identical"] == record["kangaroo_equals_ar"]["prompts"] > 0
     assert manifest.exact_check("onnxruntime-cpu", "int8")["rows"] == 2  # MatMulNBits: one row takes another kernel
     assert manifest.exact_check("onnxruntime-cpu", "fp32")["rows"] == 1  # free: no padding
-    torch = manifest.exact_check("torch-cpu", "fp32")
-    assert torch["ok"] and torch["rows"] == manifest.max_verify
-    assert manifest.exact_check("torch-cpu", "int8") is None  # the PyTorch backend does not run int8
+    assert manifest.exact_check("torch-cpu", "fp32") is None  # checked by kangaroo-check and the tests, not at export
 
 
 def test_padding_is_what_makes_torch_exact(engine_dir):

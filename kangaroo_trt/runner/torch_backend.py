@@ -99,16 +99,14 @@ class TorchGraphRunner(GraphRunner):
             self._torch.cuda.empty_cache()  # hand the freed tensors back to the device
 
 
-def rebuild_modules(ref: EngineRef, modules=None):
-    """The engine's KangarooModules at its precision, from the source model + the stored adapter (or from
-    ``modules``, the fp32 modules the engine is being exported from)."""
+def rebuild_modules(ref: EngineRef):
+    """The engine's KangarooModules at its precision, from the source model + the stored adapter."""
     import torch
 
     if ref.precision not in TORCH_PRECISIONS:
         raise BackendError(f"the PyTorch backend runs {', '.join(TORCH_PRECISIONS)} graphs, not {ref.precision}: "
                            "use --backend onnxruntime-cpu (or tensorrt) for int8")
-    if modules is None:
-        modules = _rebuild_fp32(ref)
+    modules = _rebuild_fp32(ref)
     return modules if ref.precision == "fp32" else modules.to_dtype(getattr(torch, FLOAT_DTYPES[ref.precision]))
 
 
@@ -137,9 +135,7 @@ class _TorchBackend(Backend):
     def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":
         return cls(engine, threads)
 
-    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None,
-                 modules=None) -> None:
-        """``modules``: the fp32 modules in memory (an export checking its own output), instead of a rebuild."""
+    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
         if not self.available():
             raise BackendError(f"backend {self.name} is not available: it needs torch" +
                                (" with CUDA and an NVIDIA GPU" if self.device == "cuda" else ""))
@@ -147,7 +143,7 @@ class _TorchBackend(Backend):
 
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread pool
-        modules = rebuild_modules(engine, modules).to(self.device)
+        modules = rebuild_modules(engine).to(self.device)
         m = engine.manifest
         capture = m.max_verify if (cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs) else 0
         self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device, max(m.prefill_chunk, m.max_verify),
