@@ -52,7 +52,7 @@ def test_kangaroo_equals_ar_equals_transformers(tiny_model, tmp_path, name):
     for prompt in _prompts(engine.manifest.model.vocab_size):
         ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=24))
         hf = _hf_greedy(directory, prompt, 24, engine.manifest.eos_token_ids[0])
-        ties.check(ar, type("R", (), {"output_ids": hf})(), f"{name} AR vs transformers, prompt len {len(prompt)}")
+        NearTies(exact=False).check(ar, type("R", (), {"output_ids": hf})(), f"{name} AR vs transformers, prompt len {len(prompt)}")
         for gamma, tau in GRID:
             kg = engine.generate(prompt_ids=prompt, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=24))
             ties.check(ar, kg, f"{name} gamma={gamma} tau={tau} prompt len {len(prompt)}")

@@ -60,14 +60,29 @@ def test_fp16_parity_refuses_a_graph_that_is_not_the_model(tiny_model, tmp_path)
     check_parity(typed.deep, spec, path, "fp16", vocab)  # the old check: onnx vs its own module
 
 
-@pytest.mark.slow
-def test_smollm2_fp16_export_passes_parity(tmp_path):
-    """The real model's fp16 export: its deep graph failed the old check (|onnx - torch fp16| 1.05 > 0.58); it is
-    closer to fp32 than PyTorch's fp16 modules are (ONNX Runtime's CPU provider runs most fp16 ops in fp32)."""
-    from kangaroo_trt.build import build_engine_dir
+UNSEEN_CHAT = ("What should I pack for a weekend of hiking in the rain?",
+               "Write a limerick about a forgetful robot.",
+               "How do I convert Celsius to Fahrenheit in my head?")
 
-    manifest = build_engine_dir("smollm2-135m", tmp_path / "engine", ExportConfig(max_seq_len=64, precisions=("fp16",),
-                                tensorrt="off"), allow_random_adapter=True, log=lambda _: None)
+
+@pytest.mark.slow
+def test_smollm2_fp16_export_passes_parity_and_is_exact(tmp_path):
+    """The real model's fp16 export: its deep graph failed the old check (|onnx - torch fp16| 1.05 > 0.58); it is
+    closer to fp32 than PyTorch's fp16 modules are (ONNX Runtime's CPU provider runs most fp16 ops in fp32). In
+    exact mode its rows are bitwise row-invariant (the export's check) and Kangaroo equals AR on unseen chat prompts."""
+    from kangaroo_trt.build import build_engine_dir
+    from kangaroo_trt.runner.api import KangarooEngine
+
+    manifest = build_engine_dir("smollm2-135m", tmp_path / "engine", ExportConfig(max_seq_len=160, precisions=("fp16",),
+                                tensorrt="off"), log=lambda _: None)
+    record = manifest.exact_check("onnxruntime-cpu", "fp16")
+    assert record["ok"] and record["row_invariant"], record
+    with KangarooEngine.open(tmp_path / "engine", backend="onnxruntime-cpu") as engine:
+        config = engine.decode_config(max_new_tokens=48)
+        for prompt in UNSEEN_CHAT:
+            ar = engine.generate(prompt, chat=True, mode="ar", config=config)
+            kangaroo = engine.generate(prompt, chat=True, config=config)
+            assert kangaroo.output_ids == ar.output_ids, prompt
     for graph, entry in manifest.graphs["fp16"].items():
         floats = [k for k in entry.parity if ":" not in k and not k.endswith("_ids")]
         assert floats and all(np.isfinite(entry.parity[k]) for k in floats), graph

@@ -42,7 +42,7 @@ def test_ar_equals_transformers_generate(engine, ar_runs, smollm2_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
-    ties = NearTies()
+    ties = NearTies(exact=False)  # another runtime: its rounding may flip a near-tie
     for prompt, ar in ar_runs.items():
         with torch.no_grad():
             out = model.generate(torch.tensor([ar.prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False,

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..runner.equality import MATCH, MISMATCH, NEAR_TIE, NEAR_TIE_MARGIN, SAMPLED
+from ..runner.equality import MATCH, MISMATCH, NEAR_TIE, SAMPLED, tie_margin
 from .metrics import acceptance_summary, mean, pooled_acceptance, question_speed, speedup, time_split
 from .questions import tasks_in
 from .runner import BenchRun, QuestionRun
@@ -47,7 +47,7 @@ def build_report(bench: BenchRun, engine, command: str | None = None, settings: 
                      "max_new_tokens": bench.decode.max_new_tokens, "prompt_format": bench.prompt_format,
                      "lookup_ngram": bench.decode.lookup_ngram, "adaptive_gamma": bench.decode.adaptive_gamma,
                      "draft_floor": bench.decode.draft_floor,
-                     "baseline": bench.baseline, "near_tie_margin": NEAR_TIE_MARGIN,
+                     "baseline": bench.baseline, "exact": engine.exact, "near_tie_margin": tie_margin(engine.exact),
                      "sampling": None if bench.decode.greedy else {"temperature": bench.decode.temperature,
                                                                    "top_k": bench.decode.top_k, "top_p": bench.decode.top_p}},
         "progress": {"selected": len(bench.questions), "finished": len(bench.runs), "benchmarked": len(done),

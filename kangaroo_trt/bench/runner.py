@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 
 from ..config import MODES, DecodeConfig
 from ..runner.api import GenerationResult, KangarooEngine
-from ..runner.equality import SAMPLED, Equality, compare_outputs
+from ..runner.equality import SAMPLED, Equality, compare_outputs, tie_margin
 from .questions import Question
 
 WARMUP_TOKENS = 16
@@ -135,7 +135,8 @@ class BenchRunner:
             else:
                 results[method] = self.baseline.generate(prompt_ids, self.decode.max_new_tokens)
         sampled = not self.decode.greedy
-        return TurnRun(results, Equality(SAMPLED) if sampled else compare_outputs(results["kangaroo"], results["ar"]))
+        return TurnRun(results, Equality(SAMPLED) if sampled else compare_outputs(results["kangaroo"], results["ar"],
+                                                                                    tie_margin(self.engine.exact)))
 
     def _generate(self, mode: str, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
         # Both modes record margins (one top-2 per committed token), so the cost is the same on both sides.

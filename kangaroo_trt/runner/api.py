@@ -36,6 +36,13 @@ from .stops import StopStrings
 from .streaming import AsyncStream, Stream
 
 
+def exact_rows(manifest: Manifest, backend: Backend, precision: str) -> int:
+    """The row count exact mode pads decoding steps to: what the export's check found enough on this backend and
+    precision, else the backend's own default (``Backend.exact_rows``)."""
+    record = manifest.exact_check(backend.name, precision)
+    return record["rows"] if record is not None and record.get("ok") else backend.exact_rows(precision, manifest.max_verify)
+
+
 def check_exact(ref: EngineRef, backend: str | None) -> None:
     """Refuse exact mode where it cannot hold: graphs built before it, or a failed check recorded at export for
     ``backend`` (None: only the first)."""
@@ -70,7 +77,7 @@ class KangarooEngine:
     def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer, exact: bool = True) -> None:
         self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
         self.tokenizer, self.exact = tokenizer, exact
-        rows = backend.exact_rows(precision, manifest.max_verify) if exact else 1
+        rows = exact_rows(manifest, backend, precision) if exact else 1
         self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk, rows)
         self._lock = threading.Lock()
 

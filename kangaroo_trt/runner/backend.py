@@ -154,12 +154,12 @@ class Backend(ABC):
         """Whether this backend can run ``precision`` of an engine directory (not whether it is installed here)."""
         return precision in cls.precisions and (manifest.has_onnx(precision) or not cls.needs_onnx)
     # Exact mode (decode.py): precision -> the row count that makes this runtime's products give a row the same
-    # bits whatever the row count of the call (1: any count, no padding), as measured with kangaroo-check (the
-    # README's guarantees). A precision not listed pads every decoding step to the engine's max_verify rows.
+    # bits whatever the row count of the call, where the export did not record one (its check finds the smallest
+    # that works per model: runner/exactness.py). A precision not listed pads every step to max_verify rows.
     invariant_rows: ClassVar[dict[str, int]] = {}
 
     def exact_rows(self, precision: str, max_verify: int) -> int:
-        """The row count exact mode pads decoding steps to on this backend and precision (1: none needed)."""
+        """The row count exact mode pads decoding steps to on this backend and precision when none is recorded."""
         return self.invariant_rows.get(precision, max_verify)
 
     @classmethod

@@ -68,9 +68,10 @@ class OrtGraphRunner(GraphRunner):
 class OrtCpuBackend(Backend):
     name = "onnxruntime-cpu"
     device = "cpu"
-    # Measured by kangaroo-check with slot-ordered attention: MLAS's fp32/fp16 products are row-invariant at any
-    # row count; the int8 graphs' MatMulNBits takes another kernel for one row, so one-row steps get a second.
-    invariant_rows = {"fp32": 1, "fp16": 1, "int8": 2}
+    # Where no export check is recorded: MLAS takes another kernel for one-row products (an attention with one
+    # query head per KV head, the int8 graphs' MatMulNBits), and gives every row the same bits from two rows up.
+    # The export's check often finds 1 enough (SmolLM2: 3 query heads per KV head make every product >= 3 rows).
+    invariant_rows = {"fp32": 2, "fp16": 2, "int8": 2}
     install = "pip install onnxruntime"
 
     @classmethod
