@@ -98,7 +98,7 @@ def test_features_match_the_export_graphs(chat_model, features):
     seq = features.load(2)[0]
     ids = seq.input_ids.long()[None]
     spec = modules.model_spec
-    empty = [torch.zeros(1, spec.num_kv_heads, 0, spec.head_dim)] * 4
+    empty = [torch.zeros(1, spec.num_kv_heads, ids.shape[1], spec.head_dim)] * 4  # a slot per position
     hidden = modules.shallow(ids, torch.arange(ids.shape[1])[None], *empty)[0][0, :-1]
     assert torch.allclose(hidden, seq.hidden[2].float(), atol=2e-2, rtol=1e-2)
     assert torch.equal(seq.topk_ids[:, 0].long(), ids[0, seq.prompt_len:])

@@ -7,11 +7,11 @@ never writes the cache buffers: it returns the new rows as ``present_key`` / ``p
 (``[1, kv_heads, n, head_dim]``) and the runner copies them to slots ``past_len .. past_len + n``.
 Rolling back rejected tokens is therefore just lowering a length.
 
-Attention is **slot-ordered**: inside the graph the new rows take their slots in a view of the cache (a
-``Where`` over the slots, never a concatenation that grows with the step), and every query attends over
-the ``max_seq_len`` slots in slot order, masked causally by position::
+Attention is **slot-ordered**: inside the graph the new rows take their slots in a copy of the cache (a
+``ScatterElements`` at their positions, never a concatenation that grows with the step), and every query
+attends over the ``max_seq_len`` slots in slot order, masked causally by position::
 
-    K = where(slot in [past_len, past_len + n), key[slot - past_len], past_key)   [.., S_max, D]  (same for V)
+    K = past_key with key's rows at slots position_ids                            [.., S_max, D]  (same for V)
     probs = softmax(q @ K^T * scale + mask)      mask: slot <= query position      (fp32)
     out   = probs @ V
 
@@ -77,13 +77,14 @@ class Step(NamedTuple):
     cos: torch.Tensor
     sin: torch.Tensor
     mask: torch.Tensor  # [n, S] additive, fp32
-    past_len: torch.Tensor  # [1]: the slot of the first new row
+    slots: torch.Tensor  # [n]: the cache slot of each new row (slot i holds position i)
 
 
 def step_for(rotary: "Rotary", position_ids: torch.Tensor, max_seq_len: int) -> Step:
-    """The shared tensors of a call on ``position_ids`` [1, n] (consecutive positions) over ``max_seq_len`` slots."""
+    """The shared tensors of a call on ``position_ids`` [1, n] (consecutive positions) over ``max_seq_len`` slots;
+    every position must be a slot (< max_seq_len)."""
     cos, sin = rotary(position_ids)
-    return Step(cos, sin, attention_mask(position_ids, max_seq_len), position_ids[0, :1])
+    return Step(cos, sin, attention_mask(position_ids, max_seq_len), position_ids[0])
 
 
 def attention_mask(position_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor:
@@ -95,17 +96,14 @@ def attention_mask(position_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor
     return torch.where(ok, zero, torch.full((), MASKED, device=pos.device))
 
 
-def with_new_rows(cache: torch.Tensor, new: torch.Tensor, past_len: torch.Tensor) -> torch.Tensor:
-    """``cache`` [1, kvH, S, D] with the n rows of ``new`` [1, kvH, n, D] in slots ``past_len .. past_len + n``.
+def with_new_rows(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """A copy of ``cache`` [1, kvH, S, D] with the n rows of ``new`` [1, kvH, n, D] at ``slots`` [n].
 
-    A fixed-shape select per slot (no scatter, no data-dependent shape), so one CUDA graph or TensorRT
-    profile serves every offset; slots past ``S`` are never addressed.
+    One ``ScatterElements`` (a copy of the cache plus n rows, no data-dependent shape), so one CUDA graph or
+    TensorRT profile serves every offset. The slots must be distinct and below S (the runner keeps padded rows
+    inside the cache: ``Decoder.max_seq_len``).
     """
-    n, s = new.shape[2], cache.shape[2]
-    offset = torch.arange(s, device=cache.device) - past_len  # [S]: which new row a slot would take
-    is_new = (offset >= 0) & (offset < n)
-    rows = new.index_select(2, offset.clamp(0, n - 1))  # [1, kvH, S, D]
-    return torch.where(is_new[:, None], rows, cache)
+    return cache.scatter(2, slots.view(1, 1, -1, 1).expand_as(new), new)
 
 
 class Attention(nn.Module):
@@ -131,7 +129,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(1, n, kvh, d).transpose(1, 2)
         q, k = apply_rotary(q, step.cos, step.sin), apply_rotary(k, step.cos, step.sin)
         # Slot-ordered attention over the cache with this call's rows in their slots (module docstring).
-        keys, values = with_new_rows(past_key, k, step.past_len), with_new_rows(past_value, v, step.past_len)
+        keys, values = with_new_rows(past_key, k, step.slots), with_new_rows(past_value, v, step.slots)
         # GQA without repeating the cache: the g query heads of one kv head become g*n rows.
         qg = q.reshape(1, kvh, g * n, d)  # [1, kvH, g*n, D]
         scale = 1.0 / math.sqrt(d)

@@ -111,8 +111,8 @@ class GraphRunner(ABC):
         self.spec.check_feeds(feeds, n)
         if not 1 <= rows <= n:
             raise InputError(f"{self.spec.name} graph: {rows} real rows in a call of {n}")
-        if start + rows > self.max_seq_len:
-            raise InputError(f"{self.spec.name} graph: positions up to {start + rows} exceed the KV cache of {self.max_seq_len}")
+        if start + n > self.max_seq_len:  # padded rows too: the graph writes every row into its copy of the cache
+            raise InputError(f"{self.spec.name} graph: positions up to {start + n} exceed the KV cache of {self.max_seq_len}")
         return self._run(feeds, start, n, rows)
 
     @abstractmethod

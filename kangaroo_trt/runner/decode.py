@@ -119,7 +119,6 @@ class Decoder:
     def __init__(self, backend: Backend, eos_ids: tuple[int, ...], prefill_chunk: int, rows: int = 1) -> None:
         """``rows``: the row count every decoding step's shallow and deep calls are padded to (exact mode; 1: none)."""
         self.shallow, self.adapter, self.deep = (backend.graph(g) for g in ("shallow", "adapter", "deep"))
-        self.max_seq_len = self.shallow.max_seq_len
         self.eos_ids = frozenset(eos_ids)
         self.prefill_chunk = prefill_chunk
         self.rows = rows
@@ -127,6 +126,11 @@ class Decoder:
         self.record_margins = False
         self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
         self.state: State | None = None  # the current (or last) generation's, for inspection
+
+    @property
+    def max_seq_len(self) -> int:
+        """Positions a generation may use: the cache's slots, less the padding a last step needs (exact mode)."""
+        return self.shallow.max_seq_len - (self.rows - 1)
 
     # --- graph calls (each writes its cache rows at `start`) -------------------------------------------
     def _padding(self, n: int, pad: bool) -> int:

@@ -157,7 +157,7 @@ def check_engine(engine, prompts: list[list[int]], new_tokens: int = 32, fills_p
     report = ExactnessReport(engine.backend.name, engine.precision, engine.exact, decoder.rows)
     max_rows = manifest.max_verify
     for ids in prompts:
-        usable = max(2, min(len(ids), manifest.max_seq_len - max_rows - 1))
+        usable = max(2, min(len(ids), decoder.max_seq_len - max_rows))  # the last row checked fits, padding included
         fills = sorted({max(2, usable * (k + 1) // fills_per_prompt) for k in range(fills_per_prompt)})
         check_rows(decoder, ids[:usable], tuple(fills), max_rows, report)
     check_generation(engine, prompts, engine.decode_config(max_new_tokens=new_tokens), report)
