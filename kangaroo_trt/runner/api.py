@@ -27,7 +27,8 @@ import numpy as np
 from ..chat import encode_chat, messages_of
 from ..config import MODES, DecodeConfig, check_threads
 from ..contract.manifest import Manifest, inside
-from ..errors import ConfigError, InputError
+from ..contract.pin import open_pinned
+from ..errors import ConfigError, EngineDirError, InputError
 from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, Transcript
@@ -63,9 +64,15 @@ class KangarooEngine:
     @classmethod
     def open(cls, directory: str | Path, backend: str = "auto", precision: str | None = None,
              verify: bool = True, threads: int | None = None) -> "KangarooEngine":
-        """Load an engine directory; ``verify`` checks the sha256 of the files it loads."""
-        directory = Path(directory)
+        """Load an engine directory; ``verify`` checks the sha256 of the files it loads. Every file comes from one
+        state of the directory: a load that overlapped its replacement (an export with --force) is retried once
+        (``contract/pin.py``)."""
         check_threads(threads)
+        return open_pinned(Path(directory), lambda root: cls._load(root, backend, precision, verify, threads),
+                           lambda engine: engine.close())
+
+    @classmethod
+    def _load(cls, directory: Path, backend: str, precision: str | None, verify: bool, threads: int | None):
         manifest = Manifest.read(directory)
         precision = precision or manifest.precisions[0]
         if precision not in manifest.graphs:
@@ -75,7 +82,11 @@ class KangarooEngine:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
         from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
 
-        tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
+        except (OSError, ValueError, TypeError) as err:  # transformers' ways of saying a tokenizer file is missing or bad
+            raise EngineDirError(f"{directory}: cannot load its tokenizer ({' '.join(str(err).split())[:200]}): "
+                                 "the tokenizer files are missing or corrupt, rebuild the engine directory") from err
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
                    precision, tokenizer)
 
