@@ -78,3 +78,49 @@ def test_engine_swapped_during_open_is_never_mixed(two_engines, tmp_path):
         swapper.wait(timeout=30)
     assert not wrong, f"{len(wrong)} opens loaded a mix of two engines ({outcomes})"
     assert outcomes["first"] + outcomes["second"] > 0, outcomes  # the retry lets most opens through
+
+
+# -- command lines: checked before any work ---------------------------------------------------------------------------
+
+def _cli(cli: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    from test_bad_inputs import cli_command, cli_env
+
+    return subprocess.run(cli_command(cli, *map(str, args)), capture_output=True, text=True, env=cli_env(), cwd=cwd,
+                          timeout=300)
+
+
+def test_train_checks_out_before_the_teacher_pass(tiny_model, tmp_path):
+    """An --out that cannot be written (here an existing file) fails at once: no teacher pass, no training, file kept."""
+    from test_bad_inputs import assert_one_line_error
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"text": "hello there number {i}, the quick brown fox {i}"}}\n' for i in range(8)))
+    out = tmp_path / "adapter"
+    out.write_text("keep")
+    proc = _cli("train", "--model", tiny_model(MODEL), "--data", data, "--out", out, "--no-self-distill", "--epochs", 1,
+                "--cache-dir", tmp_path / "cache")
+    assert_one_line_error(proc.returncode, proc.stderr, 2, "--out")
+    assert not (tmp_path / "cache").exists()  # the teacher features were never computed
+    assert out.read_text() == "keep"
+
+
+def test_bench_report_is_strict_json(engine_dir_for_bench, tmp_path):
+    """A question_id of NaN (JSONL allows the constant) used to be written into report.json as bare NaN."""
+    import json
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": NaN, "category": "qa", "turns": ["the quick brown fox"]}\n')
+    proc = _cli("bench", "--engine-dir", engine_dir_for_bench, "--questions", questions, "--max-new-tokens", 4,
+                "--threads", 1, "--no-warmup", "--out", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(constant):
+        raise ValueError(f"report.json holds {constant}, which is not JSON")
+
+    report = json.loads((tmp_path / "r" / "report.json").read_text(), parse_constant=refuse)
+    assert report["questions"][0]["question_id"] is None
+
+
+@pytest.fixture(scope="module")
+def engine_dir_for_bench(tiny_engine):
+    return tiny_engine(MODEL, max_seq_len=64)[0]

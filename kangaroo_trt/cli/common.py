@@ -9,6 +9,7 @@ runs before the process exits (``interrupts.py``: a signal is never lost, even o
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import sys
@@ -17,6 +18,79 @@ import click
 
 from ..errors import KangarooError
 from ..interrupts import Terminated, raise_if_interrupted, signals_as_exceptions
+
+
+def _usage_error(err: click.UsageError, where: str) -> None:
+    """A usage error (a bad option value, a missing option, an unknown command) as one line, like every other error."""
+    if isinstance(err, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # a bare group: its help, as click shows it
+        raise err
+    _fail(f"{err.format_message()} (see {err.ctx.command_path if err.ctx is not None else where} --help)", err.exit_code)
+
+
+class Command(click.Command):
+    """Every kangaroo-* command (``@click.command(cls=Command)``): its usage errors are one ``error:`` line too."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            _usage_error(err, info_name)
+
+
+class Group(click.Group):
+    """``kangaroo-export``'s command group: usage errors of the group and of its commands are one line."""
+
+    command_class = Command
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            _usage_error(err, info_name)
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as err:
+            _usage_error(err, ctx.command_path)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be a finite number (``nan`` and ``inf`` are refused), within [min, max] if given.
+
+    Every float option of every command takes it; ranges the Python API checks too (``DecodeConfig``) are left
+    to it, so each has one message."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)  # the range check lets nan through (every comparison is false)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
+
+
+class ThreadCount(click.ParamType):
+    """``--threads``: an integer in 1 .. ``runtimes.max_threads()``, checked while the options are parsed, before any
+    runtime (or its thread pool, which would create every thread asked for) exists."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        from ..errors import ConfigError
+        from ..runtimes import check_threads
+
+        count = click.INT.convert(value, param, ctx)
+        try:
+            return check_threads(count)
+        except ConfigError as err:
+            self.fail(str(err), param, ctx)
+
+
+THREADS = ThreadCount()
 
 
 def thread_pool_option(command):
@@ -46,7 +120,7 @@ def drafting_options(command):
                           "more tokens, else the adapter's drafts; 0 turns it off."),
         click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
                      help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma)."),
-        click.option("--draft-floor", type=float, default=DecodeConfig.draft_floor, show_default=True,
+        click.option("--draft-floor", type=FINITE, default=DecodeConfig.draft_floor, show_default=True,
                      help="Verify no draft in a round whose first adapter draft is less confident than this (0: always "
                           "verify it, as the paper does)."),
     ]

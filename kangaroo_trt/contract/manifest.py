@@ -192,6 +192,9 @@ class Manifest:
     def _check_consistent(self) -> None:
         """What the types cannot say: graph sets, cache sizes, exit layer, and that every named path stays inside."""
         check_exit_layer(self.model, self.exit_layer)
+        if any(i >= self.model.vocab_size for i in self.eos_token_ids):
+            raise EngineDirError(f"eos_token_ids {list(self.eos_token_ids)} must be token ids below the vocabulary size "
+                                 f"{self.model.vocab_size}")
         for precision, graphs in self.graphs.items():
             if precision not in PRECISIONS or set(graphs) != set(GRAPHS):
                 raise EngineDirError(f"graphs must map a precision ({', '.join(PRECISIONS)}) to the graphs "

@@ -25,10 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..chat import encode_chat, messages_of
-from ..config import MODES, DecodeConfig, check_threads
+from ..config import MODES, DecodeConfig
 from ..contract.manifest import Manifest, inside
 from ..contract.pin import open_pinned
 from ..errors import ConfigError, EngineDirError, InputError
+from ..runtimes import check_threads
 from .backend import EngineRef
 from .backends import open_backend
 from .decode import Decoder, Transcript
@@ -58,7 +59,7 @@ class KangarooEngine:
     def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer) -> None:
         self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
         self.tokenizer = tokenizer
-        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk)
+        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk, manifest.model.max_position_embeddings)
         self._lock = threading.Lock()
 
     @classmethod
@@ -84,9 +85,10 @@ class KangarooEngine:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:  # transformers' ways of saying a tokenizer file is missing or bad
-            raise EngineDirError(f"{directory}: cannot load its tokenizer ({' '.join(str(err).split())[:200]}): "
-                                 "the tokenizer files are missing or corrupt, rebuild the engine directory") from err
+        except Exception as err:  # transformers and tokenizers fail with OSError, ValueError, KeyError, ... on bad files
+            why = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            raise EngineDirError(f"{directory}: cannot load its tokenizer ({why}): the tokenizer files are missing or "
+                                 "corrupt, rebuild the engine directory") from err
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
                    precision, tokenizer)
 
