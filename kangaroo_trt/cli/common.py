@@ -4,6 +4,8 @@ Exit status 2 for a user error (a ``KangarooError``, or an ``OSError`` such as a
 full disk), 130 on Ctrl-C; on SIGTERM the process dies of the signal (143 in a shell) after one line. A signal
 is raised as an exception inside the command first, so the cleanup of a half-written output (``atomic.py``)
 runs before the process exits (``interrupts.py``: a signal is never lost, even one raised inside a finalizer).
+Option values are checked while click parses them (``Command``, ``FINITE``, ``THREADS``), and a bad one is one
+``error:`` line too, before any work or runtime object exists.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class FiniteFloat(click.FloatRange):
     Every float option of every command takes it; ranges the Python API checks too (``DecodeConfig``) are left
     to it, so each has one message."""
 
-    name = "finite float"
+    name = "float"
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)  # the range check lets nan through (every comparison is false)
