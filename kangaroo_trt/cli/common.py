@@ -57,6 +57,10 @@ class Group(click.Group):
             _usage_error(err, ctx.command_path)
 
 
+def _name(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "the value"
+
+
 class FiniteFloat(click.FloatRange):
     """A float option that must be a finite number (``nan`` and ``inf`` are refused), within [min, max] if given.
 
@@ -68,7 +72,7 @@ class FiniteFloat(click.FloatRange):
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)  # the range check lets nan through (every comparison is false)
         if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
+            raise click.UsageError(f"{_name(param)} must be a finite number, got {value}", ctx)
         return number
 
 
@@ -89,7 +93,7 @@ class ThreadCount(click.ParamType):
         try:
             return check_threads(count)
         except ConfigError as err:
-            self.fail(str(err), param, ctx)
+            raise click.UsageError(f"{_name(param)}: {err}", ctx) from None
 
 
 THREADS = ThreadCount()
