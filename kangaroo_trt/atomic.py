@@ -29,6 +29,21 @@ from .interrupts import raise_if_interrupted
 from .contract.manifest import MANIFEST, Manifest
 
 TMP_TAG = "kangaroo-tmp"  # temporary directories: .<out name>.kangaroo-tmp-<pid>-<random>
+# the longest hidden sibling's name around ``out``'s: a 7-digit pid (Linux's largest) and mkdtemp's 8 random characters
+_HIDDEN = f"..{TMP_TAG}-{'9' * 7}-{'x' * 8}"
+
+
+def check_name(out: Path) -> None:
+    """Refuse an ``out`` whose name leaves no room for the hidden siblings named after it (the lock, temporary
+    directories) within the file system's name limit: now, not after loading the model, and naming ``out``."""
+    try:
+        limit = os.pathconf(out.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255  # every common Linux file system
+    size, room = len(os.fsencode(out.name)), limit - len(_HIDDEN)
+    if size > room:
+        raise ConfigError(f"the name of {out} is {size} bytes long: at most {room} fit here (the file system allows "
+                          f"{limit}, and the export writes hidden directories beside it named after it), choose a shorter one")
 
 
 def temp_dir(out: Path, pid: int | None = None) -> Path:
@@ -62,6 +77,7 @@ def sweep_stale(out: Path, log: Callable[[str], None] = print) -> None:
 def out_lock(out: Path) -> Iterator[None]:
     """Hold ``.OUT.lock`` beside ``out`` for the whole build; a second build (or ``kangaroo-export engines``) on the
     same directory fails at once instead of racing this one."""
+    check_name(out)
     lock = out.parent / f".{out.name}.lock"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)

@@ -215,6 +215,9 @@ def _eos_ids(model_dir: Path, spec: ModelSpec) -> tuple[int, ...]:
         ids.append(tok.eos_token_id)
     if not ids:
         raise KangarooError(f"{model_dir} declares no EOS token: set eos_token_id in its config.json")
+    if outside := [i for i in ids if not 0 <= int(i) < spec.vocab_size]:
+        raise ConfigError(f"{model_dir} declares EOS token ids {outside} outside its vocabulary of {spec.vocab_size} "
+                          "(config.json, generation_config.json or the tokenizer): fix eos_token_id there")
     return tuple(dict.fromkeys(int(i) for i in ids))
 
 
@@ -223,8 +226,9 @@ def _tokenizer(model_dir: Path):
 
     try:
         return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the tokenizer of {model_dir} ({err}): the model directory needs its tokenizer files") from err
+    except Exception as err:  # transformers and tokenizers fail with OSError, ValueError, KeyError, ... on bad files
+        raise ConfigError(f"cannot load the tokenizer of {model_dir} ({type(err).__name__}: {' '.join(str(err).split())[:200]}): "
+                          "the model directory needs its tokenizer files (tokenizer.json, tokenizer_config.json)") from err
 
 
 def _save_tokenizer(model_dir: Path, out: Path) -> bool:

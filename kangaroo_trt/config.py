@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,20 +31,6 @@ MIN_MAX_VERIFY = 8  # default verify capacity of an engine (see verify_capacity)
 # the argmax for logits that differ by more than ~1e-2, so 0 (greedy) is what such a setting means.
 MIN_TEMPERATURE = 1e-4
 MIN_SEQ_LEN = 16  # the export's parity check runs cases up to 16 positions; a shorter cache holds almost nothing
-
-
-def max_threads() -> int:
-    """The most runtime threads accepted: 4 per CPU (more only makes threads wait for each other)."""
-    return 4 * (os.cpu_count() or 1)
-
-
-def check_threads(threads: int | None) -> int | None:
-    """None (the runtime's default) or a thread count in 1 .. ``max_threads()``."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or not 1 <= threads <= max_threads()):
-        raise ConfigError(f"threads must lie in 1 .. {max_threads()} (4 per CPU here), got {threads!r}: "
-                          "leave it out for the runtime's default")
-    return threads
 
 
 def _fits(value, hint) -> bool:

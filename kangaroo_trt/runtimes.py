@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import threading
 from pathlib import Path
 
-from .errors import BackendError, EngineDirError
+from .errors import BackendError, ConfigError, EngineDirError
 
 TENSORRT_HINT = "TensorRT is not installed: pip install tensorrt-cu13 (NVIDIA's index; needs an NVIDIA GPU and driver)"
 POLYGRAPHY_HINT = "Polygraphy is not installed: pip install polygraphy (it builds the TensorRT plans)"
@@ -69,6 +70,22 @@ def import_cupy():
     return cupy
 
 
+def max_threads() -> int:
+    """The most runtime threads accepted: 4 per CPU (more only makes threads wait for each other)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None (the runtime's default) or a thread count in 1 .. ``max_threads()``: checked before any pool is made
+    (``share_thread_pool``, ``KangarooEngine.open``, the command lines' ``--threads``), since a runtime creates
+    the threads it is asked for until the machine runs out of memory."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= max_threads()):
+        raise ConfigError(f"threads must lie in 1 .. {max_threads()} (4 per CPU here), got {threads!r}: "
+                          "leave it out for the runtime's default")
+    return threads
+
+
 THREAD_POOLS = ("shared", "per-session")
 _pool_size: int | None = None  # the process-wide pool's threads (0: the runtime's default) once it is shared
 _POOL_LOCK = threading.Lock()
@@ -88,6 +105,7 @@ def share_thread_pool(threads: int | None = None) -> bool:
     kangaroo-serve (engines running in parallel) keep a pool per session.
     """
     global _pool_size
+    check_threads(threads)
     with _POOL_LOCK:
         if _pool_size is not None:
             return _pool_size == (threads or 0)

@@ -22,7 +22,6 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 1e-1}  # rtol = atol per precis
 
 
 def main(argv: list[str]) -> int:
-    from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
@@ -42,7 +41,7 @@ def main(argv: list[str]) -> int:
             rng = np.random.default_rng(0)
             feeds = [entry.spec.random_feeds(n, past, rng, manifest.model.vocab_size) for n, past in ((1, 7), (4, 12))]
             runners = [
-                TrtRunner(EngineFromBytes(BytesFromPath(str(fresh_plan(engine_dir, manifest, precision, graph)))),
+                TrtRunner(EngineFromBytes(fresh_plan(engine_dir, manifest, precision, graph)),
                           name=f"tensorrt/{graph}/{precision}", optimization_profile=0),
                 OnnxrtRunner(ort_session(engine_dir / entry.file), name=f"onnxruntime-cpu/{graph}/{precision}"),
             ]

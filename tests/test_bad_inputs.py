@@ -100,6 +100,19 @@ def _data(p):
     (p["tmp"] / "data.jsonl").write_text('{"prompt": "hello there, how are you"}\n')
 
 
+def _text_data(p):  # trainable by a model without a chat template
+    (p["tmp"] / "data.jsonl").write_text("".join(f'{{"text": "hello there number {i}, the quick fox"}}\n' for i in range(8)))
+
+
+def _bad_tokenizer_model(p):
+    shutil.copytree(p["model"], p["tmp"] / "model")
+    (p["tmp"] / "model" / "tokenizer.json").write_text('{"version": "1.0", "model": 5}')
+
+
+def _no_tokenizer_json(d):
+    del d["files"]["tokenizer/tokenizer.json"]  # as if the export had written none: only the load can notice
+
+
 RUN = lambda *extra: lambda p: ["--engine-dir", p["engine"], "--prompt", "hi", *extra]  # noqa: E731
 
 ROWS: dict[str, Row] = {
@@ -107,6 +120,16 @@ ROWS: dict[str, Row] = {
     "run-threads-0": Row("run", RUN("--threads", "0"), "threads"),
     "run-threads-negative": Row("run", RUN("--threads", "-1"), "threads"),
     "run-threads-huge": Row("run", RUN("--threads", "100000"), "threads"),
+    # the process-wide pool was sized before --threads was checked: 3,000 threads, then out of memory
+    "run-threads-huge-shared-pool": Row("run", RUN("--threads", "100000", "--thread-pool", "shared"), "threads"),
+    "run-prompt-past-model-limit": Row("run", lambda p: ["--engine-dir", p["engine"], "--prompt", "hello world " * 400],
+                                       "max_position_embeddings"),
+    "run-tokenizer-json-missing": Row("run", lambda p: ["--engine-dir", p["tmp"] / "engine", "--prompt", "hi"], "tokenizer",
+                                      setup=lambda p: _copy_engine(p, _no_tokenizer_json, then=lambda e: (
+                                          e / "tokenizer" / "tokenizer.json").unlink())),
+    "run-manifest-eos-outside-vocab": Row("run", lambda p: ["--engine-dir", p["tmp"] / "engine", "--prompt", "hi"],
+                                          "eos_token_ids", setup=lambda p: _copy_engine(p, lambda d: d.update(
+                                              eos_token_ids=[10 ** 6]))),
     "run-temperature-tiny": Row("run", RUN("--temperature", "1e-308"), "temperature"),
     "run-temperature-inf": Row("run", RUN("--temperature", "inf"), "temperature"),
     "run-seed-negative": Row("run", RUN("--temperature", "0.7", "--seed", "-1"), "seed"),
@@ -150,7 +173,17 @@ ROWS: dict[str, Row] = {
                                                              "/proc/kangaroo-out/e"], "/proc/kangaroo-out"),  # even as root
     "export-tensorrt-require": Row("export", lambda p: ["build", "--model", p["model"], "--random-adapter", "--tensorrt",
                                                         "require", "--out", p["tmp"] / "e"], "TensorRT", skip=_tensorrt_present),
+    "export-out-name-too-long": Row("export", lambda p: ["build", "--model", p["model"], "--random-adapter", "--max-seq-len",
+                                                         "64", "--out", p["tmp"] / ("e" * 240)], "bytes long"),
+    "export-tokenizer-corrupt": Row("export", lambda p: ["build", "--model", p["tmp"] / "model", "--random-adapter",
+                                                         "--max-seq-len", "64", "--out", p["tmp"] / "e"], "tokenizer",
+                                       setup=_bad_tokenizer_model),
     # kangaroo-train / kangaroo-tune
+    "train-lr-nan": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "data.jsonl", "--lr", "nan",
+                                            "--out", p["tmp"] / "a"], "finite", setup=_text_data),
+    "train-out-under-a-file": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "data.jsonl", "--out",
+                                                      p["tmp"] / "f" / "a"], "not a directory",
+                                  setup=lambda p: (_text_data(p), _user_file(p["tmp"] / "f"))),
     "train-data-not-utf8": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "d.jsonl", "--out",
                                                    p["tmp"] / "a"], "UTF-8", setup=_bad_utf8("d.jsonl")),
     "train-data-lone-surrogate": Row("train", lambda p: ["--model", p["model"], "--data", p["tmp"] / "d.jsonl", "--out",
@@ -176,6 +209,13 @@ ROWS: dict[str, Row] = {
                                   setup=lambda p: _user_file(p["tmp"] / "f")),
     "bench-threads-0": Row("bench", lambda p: ["--engine-dir", p["engine"], "--threads", "0", "--out", p["tmp"] / "r"],
                            "threads"),
+    "bench-threads-huge-shared-pool": Row("bench", lambda p: ["--engine-dir", p["engine"], "--threads", "100000",
+                                                              "--thread-pool", "shared", "--out", p["tmp"] / "r"], "threads"),
+    # kangaroo-serve / kangaroo-serve-load: option values only (the server's own inputs: tests/test_serve.py)
+    "serve-shutdown-timeout-nan": Row("serve", lambda p: ["--engine-dir", p["engine"], "--port", "0",
+                                                          "--shutdown-timeout", "nan"], "finite"),
+    "serve-load-time-limit-inf": Row("serve_load", lambda p: ["--engine-dir", p["engine"], "--time-limit", "inf",
+                                                              "--out", p["tmp"] / "r"], "finite"),
 }
 
 

@@ -152,7 +152,7 @@ def test_stale_or_missing_plans_are_refused(engine, tmp_path):
         with pytest.raises(EngineDirError, match="no recorded sha256"):  # every file a backend opens is checked
             fresh_plan(out, current, "fp16", "deep")
         checked = dataclasses.replace(current, files={**current.files, plan_file("fp16", "deep"): sha256(plan)})
-        assert fresh_plan(out, checked, "fp16", "deep") == plan
+        assert fresh_plan(out, checked, "fp16", "deep") == plan.read_bytes()  # the bytes whose digest was checked
         recorded = dataclasses.replace(current, files={**current.files, plan_file("fp16", "deep"): "f" * 64})
         with pytest.raises(EngineDirError, match="sha256"):
             fresh_plan(out, recorded, "fp16", "deep")

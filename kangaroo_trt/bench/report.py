@@ -8,6 +8,7 @@ accepted-length histogram, acceptance by draft position, draft/verify time split
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,22 @@ def _results(runs: list[QuestionRun], mode: str):
 
 
 def write_json(report: dict[str, Any], out_dir: Path) -> Path:
+    """report.json as strict JSON (no bare NaN / Infinity, which JSON does not have and strict parsers refuse)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_JSON
-    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(_finite(report), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return path
+
+
+def _finite(value):
+    """``value`` with every non-finite float (a NaN question_id read from JSONL, a rate over no time) as None: null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from ..config import DecodeConfig
-from .common import drafting_options, exact_option, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
+from .common import (FINITE, THREADS, Command, drafting_options, exact_option, quiet_libraries, thread_pool_option,
+                     use_thread_pool, user_errors)
 
 QUICK = "--limit 2 --max-new-tokens 64"  # every category, a few minutes on 2 CPU cores
 
@@ -40,7 +41,7 @@ def _command_line(ctx: click.Context) -> str:
     return shlex.join(words)
 
 
-@click.command(epilog=f"Quick setting covering every category: {QUICK}")
+@click.command(cls=Command, epilog=f"Quick setting covering every category: {QUICK}")
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
 @click.option("--questions", "questions_file", type=click.Path(path_type=Path),
               help="JSONL of question_id, category, turns [the 480 Spec-Bench questions].")
@@ -49,17 +50,17 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--limit", type=int, default=None, help="Questions per category [all].")
 @click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Per turn (Spec-Bench: 1024).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
-@click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
+@click.option("--tau", type=FINITE, default=None, help="Stop drafting below this confidence [manifest default].")
 @drafting_options
-@click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
+@click.option("--temperature", type=FINITE, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy, with the equality check. Above 0: both modes sample (no token-for-token check).")
 @click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sampling: the k most likely tokens (0: all).")
-@click.option("--top-p", type=float, default=DecodeConfig.top_p, show_default=True, help="Sampling: the top-p probability mass.")
+@click.option("--top-p", type=FINITE, default=DecodeConfig.top_p, show_default=True, help="Sampling: the top-p probability mass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling: turn i uses seed + i in both modes.")
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @exact_option
-@click.option("--threads", type=int, default=None, help="Runtime threads [runtime default].")
+@click.option("--threads", type=THREADS, default=None, help="Runtime threads [runtime default].")
 @thread_pool_option
 @click.option("--hf-baseline", is_flag=True, help="Also time transformers generate on the engine's source model.")
 @click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up generation.")

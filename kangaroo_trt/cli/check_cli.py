@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from .common import exact_option, quiet_libraries, thread_pool_option, use_thread_pool, user_errors
+from .common import THREADS, Command, exact_option, quiet_libraries, thread_pool_option, use_thread_pool, user_errors
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
 @click.option("--backend", default="auto", show_default=True, help="auto, or a backend name (onnxruntime-cpu, torch-cpu, ...).")
 @click.option("--precision", default=None, help="Which graphs to check [the first in the manifest].")
@@ -21,7 +21,7 @@ from .common import exact_option, quiet_libraries, thread_pool_option, use_threa
               help="Cache fills per prompt at which rows are compared.")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=48, show_default=True,
               help="Tokens each Kangaroo and AR generation decodes.")
-@click.option("--threads", type=int, default=None, help="Runtime threads [runtime default].")
+@click.option("--threads", type=THREADS, default=None, help="Runtime threads [runtime default].")
 @thread_pool_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @user_errors

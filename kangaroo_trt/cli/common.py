@@ -4,11 +4,14 @@ Exit status 2 for a user error (a ``KangarooError``, or an ``OSError`` such as a
 full disk), 130 on Ctrl-C; on SIGTERM the process dies of the signal (143 in a shell) after one line. A signal
 is raised as an exception inside the command first, so the cleanup of a half-written output (``atomic.py``)
 runs before the process exits (``interrupts.py``: a signal is never lost, even one raised inside a finalizer).
+Option values are checked while click parses them (``Command``, ``FINITE``, ``THREADS``), and a bad one is one
+``error:`` line too, before any work or runtime object exists.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import sys
@@ -17,6 +20,83 @@ import click
 
 from ..errors import KangarooError
 from ..interrupts import Terminated, raise_if_interrupted, signals_as_exceptions
+
+
+def _usage_error(err: click.UsageError, where: str) -> None:
+    """A usage error (a bad option value, a missing option, an unknown command) as one line, like every other error."""
+    if isinstance(err, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # a bare group: its help, as click shows it
+        raise err
+    _fail(f"{err.format_message()} (see {err.ctx.command_path if err.ctx is not None else where} --help)", err.exit_code)
+
+
+class Command(click.Command):
+    """Every kangaroo-* command (``@click.command(cls=Command)``): its usage errors are one ``error:`` line too."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            _usage_error(err, info_name)
+
+
+class Group(click.Group):
+    """``kangaroo-export``'s command group: usage errors of the group and of its commands are one line."""
+
+    command_class = Command
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            _usage_error(err, info_name)
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as err:
+            _usage_error(err, ctx.command_path)
+
+
+def _name(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "the value"
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be a finite number (``nan`` and ``inf`` are refused), within [min, max] if given.
+
+    Every float option of every command takes it; ranges the Python API checks too (``DecodeConfig``) are left
+    to it, so each has one message."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)  # the range check lets nan through (every comparison is false)
+        if not math.isfinite(number):
+            raise click.UsageError(f"{_name(param)} must be a finite number, got {value}", ctx)
+        return number
+
+
+FINITE = FiniteFloat()
+
+
+class ThreadCount(click.ParamType):
+    """``--threads``: an integer in 1 .. ``runtimes.max_threads()``, checked while the options are parsed, before any
+    runtime (or its thread pool, which would create every thread asked for) exists."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        from ..errors import ConfigError
+        from ..runtimes import check_threads
+
+        count = click.INT.convert(value, param, ctx)
+        try:
+            return check_threads(count)
+        except ConfigError as err:
+            raise click.UsageError(f"{_name(param)}: {err}", ctx) from None
+
+
+THREADS = ThreadCount()
 
 
 def thread_pool_option(command):
@@ -54,7 +134,7 @@ def drafting_options(command):
                           "more tokens, else the adapter's drafts; 0 turns it off."),
         click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
                      help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma)."),
-        click.option("--draft-floor", type=float, default=DecodeConfig.draft_floor, show_default=True,
+        click.option("--draft-floor", type=FINITE, default=DecodeConfig.draft_floor, show_default=True,
                      help="Verify no draft in a round whose first adapter draft is less confident than this (0: always "
                           "verify it, as the paper does)."),
     ]

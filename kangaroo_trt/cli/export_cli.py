@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from ..config import PRECISIONS, TENSORRT_MODES, DecodeConfig, ExportConfig
-from .common import quiet_libraries, user_errors
+from .common import FINITE, Group, quiet_libraries, user_errors
 
 
-@click.group()
+@click.group(cls=Group)
 def main() -> None:
     """Export a Hugging Face Llama-family model with a Kangaroo adapter to ONNX (and TensorRT) engines."""
     quiet_libraries()
@@ -29,7 +29,7 @@ def main() -> None:
               help=f"Comma-separated: {', '.join(PRECISIONS)}.")
 @click.option("--gamma", type=int, default=None,
               help=f"Default max drafts per round recorded in the manifest [the adapter's, else {DecodeConfig.gamma}].")
-@click.option("--tau", type=float, default=None,
+@click.option("--tau", type=FINITE, default=None,
               help=f"Default early-exit confidence threshold [the adapter's, else {DecodeConfig.tau}].")
 @click.option("--tensorrt", type=click.Choice(TENSORRT_MODES), default=ExportConfig.tensorrt, show_default=True,
               help="Build TensorRT plans: where TensorRT imports (auto), never (off), or fail without it (require).")

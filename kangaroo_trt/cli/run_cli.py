@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from ..config import MODES, DecodeConfig
-from .common import drafting_options, exact_option, quiet_libraries, user_errors, thread_pool_option, use_thread_pool
+from .common import (FINITE, THREADS, Command, drafting_options, exact_option, quiet_libraries, thread_pool_option,
+                     use_thread_pool, user_errors)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
 @click.option("--prompt", required=True, help="Prompt text ('-' reads it from standard input).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template (special tokens typed in it stay text).")
@@ -21,18 +22,18 @@ from .common import drafting_options, exact_option, quiet_libraries, user_errors
 @click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True,
               help="ar: plain decoding on the same graphs (the baseline).")
 @click.option("--gamma", type=int, default=None, help="Max drafts per round [manifest default].")
-@click.option("--tau", type=float, default=None, help="Stop drafting below this confidence [manifest default].")
+@click.option("--tau", type=FINITE, default=None, help="Stop drafting below this confidence [manifest default].")
 @drafting_options
-@click.option("--temperature", type=float, default=DecodeConfig.temperature, show_default=True,
+@click.option("--temperature", type=FINITE, default=DecodeConfig.temperature, show_default=True,
               help="0: greedy (equal to plain greedy decoding). Above 0: sample, losslessly (same distribution as plain sampling).")
 @click.option("--top-k", type=int, default=DecodeConfig.top_k, show_default=True, help="Sample among the k most likely tokens (0: all).")
-@click.option("--top-p", type=float, default=DecodeConfig.top_p, show_default=True, help="Sample within the top-p probability mass.")
+@click.option("--top-p", type=FINITE, default=DecodeConfig.top_p, show_default=True, help="Sample within the top-p probability mass.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling (repeatable output per mode).")
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable); the output ends just before it.")
 @click.option("--backend", default="auto", show_default=True,
               help="auto (TensorRT > onnxruntime-cuda > torch-cuda > onnxruntime-cpu), or one of: tensorrt, "
                    "onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu.")
-@click.option("--threads", type=int, default=None, help="CPU threads for the runtime [its default].")
+@click.option("--threads", type=THREADS, default=None, help="CPU threads for the runtime [its default].")
 @thread_pool_option
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @exact_option

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from ..config import MODES
-from .common import exact_option, quiet_libraries, user_errors
+from .common import THREADS, Command, FiniteFloat, exact_option, quiet_libraries, user_errors
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -27,8 +27,8 @@ from .common import exact_option, quiet_libraries, user_errors
                    "onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu.")
 @click.option("--precision", default=None, help="Which graphs to run [the first in the manifest].")
 @exact_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine [cores / workers].")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--threads", type=THREADS, default=None, help="CPU threads per engine [cores / workers].")
+@click.option("--shutdown-timeout", type=FiniteFloat(min=0), default=30.0, show_default=True,
               help="On SIGTERM, seconds running requests get to finish before they are stopped (503); "
                    "queued ones get 503 at once.")
 @click.option("--max-body-mb", type=click.IntRange(min=1), default=4, show_default=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..serve.load import LoadConfig
-from .common import quiet_libraries, user_errors
+from .common import THREADS, Command, FiniteFloat, quiet_libraries, user_errors
 
 
 def _ints(_ctx, _param, value: str) -> list[int]:
@@ -21,16 +21,16 @@ def _ints(_ctx, _param, value: str) -> list[int]:
     return out
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine-dir", required=True, type=click.Path(path_type=Path), help="Directory written by kangaroo-export build.")
 @click.option("--requests", type=click.IntRange(min=1), default=LoadConfig.requests, show_default=True, help="Requests per run.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=LoadConfig.concurrency, show_default=True, help="Requests in flight at once.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=LoadConfig.max_tokens, show_default=True)
 @click.option("--workers", "workers", default="1,2", show_default=True, callback=_ints, help="Pool sizes to run, comma-separated.")
-@click.option("--time-limit", type=click.FloatRange(min=1), default=LoadConfig.time_limit, show_default=True, help="Seconds per run.")
+@click.option("--time-limit", type=FiniteFloat(min=1), default=LoadConfig.time_limit, show_default=True, help="Seconds per run.")
 @click.option("--no-chat", is_flag=True, help="Use /v1/completions with the raw question (engines without a chat template).")
 @click.option("--backend", default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine [cores / workers].")
+@click.option("--threads", type=THREADS, default=None, help="CPU threads per engine [cores / workers].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("serve-load-report"), show_default=True)
 @user_errors
 def main(engine_dir, requests, concurrency, max_tokens, workers, time_limit, no_chat, backend, threads, out) -> None:

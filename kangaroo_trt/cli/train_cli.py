@@ -8,7 +8,7 @@ import click
 
 from ..train.cache import FeatureSettings
 from ..train.trainer import INITS, TrainConfig
-from .common import quiet_libraries, user_errors
+from .common import FINITE, THREADS, Command, quiet_libraries, user_errors
 
 
 def pick_device(device: str) -> str:
@@ -20,11 +20,10 @@ def pick_device(device: str) -> str:
 
 
 def set_threads(threads: int | None) -> None:
+    """--threads, already checked while the options were parsed (``common.THREADS``)."""
     import torch
 
-    from ..config import check_threads
-
-    if check_threads(threads):
+    if threads:
         torch.set_num_threads(threads)
 
 
@@ -36,14 +35,14 @@ _TRAINING_OPTIONS = (  # defaults: the dataclasses' (FeatureSettings: the teache
                  help="Longer prompts are left out."),
     click.option("--top-k", type=int, default=FeatureSettings.top_k, show_default=True,
                  help="Teacher probabilities kept per position."),
-    click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
+    click.option("--lr", type=FINITE, default=TrainConfig.lr, show_default=True),
     click.option("--sequences-per-step", type=int, default=TrainConfig.sequences_per_step, show_default=True),
-    click.option("--heldout-fraction", type=float, default=TrainConfig.heldout_fraction, show_default=True),
+    click.option("--heldout-fraction", type=FINITE, default=TrainConfig.heldout_fraction, show_default=True),
     click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
     click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
                  help="Question file whose prompts must not be trained on [the bundled Spec-Bench questions]."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--threads", type=int, default=None, help="PyTorch CPU threads for training [PyTorch default]."),
+    click.option("--threads", type=THREADS, default=None, help="PyTorch CPU threads for training [PyTorch default]."),
     click.option("--draft-vocab", type=int, default=TrainConfig.draft_vocab, show_default=True,
                  help="Train the draft head over this many most frequent response tokens (0: full vocabulary)."),
     click.option("--adapter-mlp/--no-adapter-mlp", default=TrainConfig.adapter_mlp, show_default=True,
@@ -59,7 +58,7 @@ def training_options(command):
     return command
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="JSONL (ShareGPT conversations, messages, prompt[/response] or text lines) or a ShareGPT JSON dump.")
@@ -76,7 +75,7 @@ def training_options(command):
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed records instead of stopping at the first.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Teacher-feature cache [under KANGAROO_TRT_CACHE].")
 @click.option("--gamma", type=int, default=None, help="Decoding default written into the adapter (kangaroo-tune picks one).")
-@click.option("--tau", type=float, default=None, help="Decoding default written into the adapter (with --gamma).")
+@click.option("--tau", type=FINITE, default=None, help="Decoding default written into the adapter (with --gamma).")
 @training_options
 @user_errors
 def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_tokens, max_new_tokens, top_k, epochs,
@@ -89,7 +88,9 @@ def main(model, data, out, exit_layer, self_distill, max_examples, max_prompt_to
     quiet_libraries()
     from ..config import DecodeConfig
     from ..errors import InputError
+    from ..paths import writable_dir
 
+    writable_dir(out, "--out")  # now, not after the teacher pass and the training (as kangaroo-bench does)
     if (gamma is None) != (tau is None):
         raise InputError("give --gamma and --tau together (the decoding defaults written into the adapter), or neither")
     decode = None if gamma is None else {"gamma": gamma, "tau": tau}

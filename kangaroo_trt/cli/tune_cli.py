@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -10,24 +11,27 @@ import click
 from ..train.cache import FeatureSettings
 from ..train.trainer import TrainConfig
 from ..train.tune import SweepConfig
-from .common import quiet_libraries, user_errors
+from .common import THREADS, Command, quiet_libraries, user_errors
 from .train_cli import pick_device, set_threads, training_options
 
 
 def _numbers(text: str, kind: type, option: str) -> tuple:
-    try:
-        return tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        from ..errors import InputError
+    from ..errors import InputError
 
+    try:
+        numbers = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
         raise InputError(f"{option} takes comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
+    if not all(math.isfinite(x) for x in numbers):
+        raise InputError(f"{option} takes finite numbers, got {text!r}")
+    return numbers
 
 
 def _joined(values: tuple) -> str:
     return ",".join(map(str, values))
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--model", required=True, help="Local Hugging Face model directory, or a bundled name (smollm2-135m).")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Training data as for kangaroo-train (validation prompts are its held-out split).")
@@ -40,7 +44,7 @@ def _joined(values: tuple) -> str:
 @click.option("--taus", default=_joined(SweepConfig.taus), show_default=True)
 @click.option("--prompts", type=int, default=SweepConfig.prompts, show_default=True, help="Validation prompts (held-out).")
 @click.option("--max-new-tokens", type=int, default=SweepConfig.max_new_tokens, show_default=True)
-@click.option("--runtime-threads", type=int, default=SweepConfig.threads, show_default=True,
+@click.option("--runtime-threads", type=THREADS, default=SweepConfig.threads, show_default=True,
               help="ONNX Runtime threads for both modes.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Candidate adapters and engines [a temporary directory].")
 @click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True, help="Epochs for the chosen exit layer.")

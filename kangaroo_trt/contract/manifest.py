@@ -27,7 +27,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from ..config import PRECISIONS, AdapterSpec, DecodeConfig, ModelSpec, check_exit_layer
 from ..errors import EngineDirError, KangarooError
@@ -219,6 +219,9 @@ class Manifest:
     def _check_consistent(self) -> None:
         """What the types cannot say: graph sets, cache sizes, exit layer, and that every named path stays inside."""
         check_exit_layer(self.model, self.exit_layer)
+        if any(i >= self.model.vocab_size for i in self.eos_token_ids):
+            raise EngineDirError(f"eos_token_ids {list(self.eos_token_ids)} must be token ids below the vocabulary size "
+                                 f"{self.model.vocab_size}")
         for precision, graphs in self.graphs.items():
             if precision not in PRECISIONS or set(graphs) != set(GRAPHS):
                 raise EngineDirError(f"graphs must map a precision ({', '.join(PRECISIONS)}) to the graphs "
@@ -257,15 +260,25 @@ class Manifest:
         path = inside(directory, rel)
         if not path.is_file():
             raise EngineDirError(f"{directory}: {rel} is missing: the engine directory is incomplete, rebuild it")
-        if not verify:
-            return path
+        if verify:
+            self._check_digest(directory, rel, lambda: sha256(path))
+        return path
+
+    def artifact_bytes(self, directory: Path, rel: str, verify: bool = True) -> bytes:
+        """The contents of the file ``rel`` names, read once: with ``verify``, the sha256 is checked on these bytes
+        (what a loader that takes bytes, such as TensorRT's, then uses: no second read in between)."""
+        data = self.artifact(directory, rel, verify=False).read_bytes()
+        if verify:
+            self._check_digest(directory, rel, lambda: hashlib.sha256(data).hexdigest())
+        return data
+
+    def _check_digest(self, directory: Path, rel: str, digest_of: Callable[[], str]) -> None:
         digest = self.files.get(rel)
         if digest is None:
             raise EngineDirError(f"{directory}: {rel} has no recorded sha256 in {MANIFEST}: the file is not part of "
                                  "the engine directory as built, rebuild it")
-        if sha256(path) != digest:
+        if digest_of() != digest:
             raise EngineDirError(f"{directory}: {rel} does not match its recorded sha256: the file is corrupt or was changed, rebuild it")
-        return path
 
     def verify_files(self, directory: Path, prefixes: tuple[str, ...] = ("",)) -> None:
         """Check every file under the given relative prefixes: the recorded ones exist and match, and no file on disk

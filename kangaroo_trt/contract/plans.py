@@ -28,8 +28,9 @@ def plan_file(precision: str, graph: str) -> str:
     return f"{PLAN_DIR}/{precision}/{graph}.plan"
 
 
-def fresh_plan(directory: Path, manifest: Manifest, precision: str, graph: str, verify: bool = True) -> Path:
-    """The plan of ``graph`` at ``precision``, refusing a missing, stale or corrupt one with a rebuild hint."""
+def fresh_plan(directory: Path, manifest: Manifest, precision: str, graph: str, verify: bool = True) -> bytes:
+    """The serialized plan of ``graph`` at ``precision``, refusing a missing, stale or corrupt one with a rebuild
+    hint; read once, its sha256 checked on the bytes returned (``Manifest.artifact_bytes``)."""
     rebuild = f"run kangaroo-export engines --engine-dir {directory} --precision {precision}"
     record = manifest.tensorrt.plans.get(precision, {}).get(graph) if manifest.tensorrt else None
     if record is None:
@@ -40,6 +41,6 @@ def fresh_plan(directory: Path, manifest: Manifest, precision: str, graph: str, 
     if verify:
         manifest.artifact(directory, onnx_rel)  # the ONNX file as recorded (record.onnx_sha256 is that digest)
     try:
-        return manifest.artifact(directory, record.file, verify)
+        return manifest.artifact_bytes(directory, record.file, verify)
     except EngineDirError as err:
         raise EngineDirError(f"{err} ({rebuild})") from err

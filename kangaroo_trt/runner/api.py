@@ -25,9 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..chat import encode_chat, messages_of
-from ..config import MODES, DecodeConfig, check_threads
+from ..config import MODES, DecodeConfig
 from ..contract.manifest import Manifest, inside
-from ..errors import ConfigError, InputError
+from ..contract.pin import open_pinned
+from ..errors import ConfigError, EngineDirError, InputError
+from ..runtimes import check_threads
 from .backend import Backend, EngineRef
 from .backends import open_backend
 from .decode import Decoder, Transcript
@@ -78,20 +80,28 @@ class KangarooEngine:
         self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
         self.tokenizer, self.exact = tokenizer, exact
         rows = exact_rows(manifest, backend, precision) if exact else 1
-        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk, rows)
+        self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk, rows,
+                               manifest.model.max_position_embeddings)
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, directory: str | Path, backend: str = "auto", precision: str | None = None,
              verify: bool = True, threads: int | None = None, exact: bool = True) -> "KangarooEngine":
-        """Load an engine directory; ``verify`` checks the sha256 of the files it loads.
+        """Load an engine directory; ``verify`` checks the sha256 of the files it loads. Every file comes from one
+        state of the directory: a load that overlapped its replacement (an export with --force) is retried once
+        (``contract/pin.py``).
 
         ``exact`` (the default): greedy Kangaroo is bitwise identical to greedy AR on this backend and precision by
         construction (``runner/decode.py``: slot-ordered attention, decoding steps padded to one row count where the
         runtime needs it); False skips the padding, which is faster where it is needed and may flip near-ties.
         """
-        directory = Path(directory)
         check_threads(threads)
+        return open_pinned(Path(directory), lambda root: cls._load(root, backend, precision, verify, threads, exact),
+                           lambda engine: engine.close())
+
+    @classmethod
+    def _load(cls, directory: Path, backend: str, precision: str | None, verify: bool, threads: int | None,
+              exact: bool) -> "KangarooEngine":
         manifest = Manifest.read(directory)
         precision = precision or manifest.precisions[0]
         if precision not in manifest.graphs:
@@ -117,7 +127,12 @@ class KangarooEngine:
         them; an export uses this to check its own output before it has a manifest to vouch for it)."""
         from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
 
-        tokenizer = AutoTokenizer.from_pretrained(inside(ref.directory, "tokenizer"), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(inside(ref.directory, "tokenizer"), local_files_only=True)
+        except Exception as err:  # transformers and tokenizers fail with OSError, ValueError, KeyError, ... on bad files
+            why = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+            raise EngineDirError(f"{ref.directory}: cannot load its tokenizer ({why}): the tokenizer files are missing or "
+                                 "corrupt, rebuild the engine directory") from err
         return cls(ref.directory, ref.manifest, backend, ref.precision, tokenizer, exact)
 
     def close(self) -> None:

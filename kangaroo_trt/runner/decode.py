@@ -116,9 +116,12 @@ def next_gamma(gamma: int, step: Round, most: int) -> int:
 class Decoder:
     """Drives the three graphs of one backend. One request at a time (the caches are shared state)."""
 
-    def __init__(self, backend: Backend, eos_ids: tuple[int, ...], prefill_chunk: int, rows: int = 1) -> None:
-        """``rows``: the row count every decoding step's shallow and deep calls are padded to (exact mode; 1: none)."""
+    def __init__(self, backend: Backend, eos_ids: tuple[int, ...], prefill_chunk: int, rows: int = 1,
+                 max_positions: int | None = None) -> None:
+        """``rows``: the row count every decoding step's shallow and deep calls are padded to (exact mode; 1: none).
+        ``max_positions``: the model's own context (max_position_embeddings), the most a rebuild can give."""
         self.shallow, self.adapter, self.deep = (backend.graph(g) for g in ("shallow", "adapter", "deep"))
+        self.max_positions = max_positions
         self.eos_ids = frozenset(eos_ids)
         self.prefill_chunk = prefill_chunk
         self.rows = rows
@@ -164,10 +167,14 @@ class Decoder:
         if not prompt_ids:
             raise InputError("the prompt is empty: give at least one token")
         if len(prompt_ids) > self.max_seq_len - 1:
-            raise InputError(
-                f"the prompt has {len(prompt_ids)} tokens but the engine's KV cache holds {self.max_seq_len} positions: "
-                f"shorten the prompt or rebuild with --max-seq-len {len(prompt_ids) + 1} or more"
-            )
+            need = len(prompt_ids) + 1
+            fix = (f"shorten the prompt or rebuild with --max-seq-len {need} or more"
+                   if self.max_positions is None or need <= self.max_positions else
+                   f"shorten the prompt: at most {self.max_seq_len - 1} tokens fit this engine, and "
+                   f"{self.max_positions - 1} one rebuilt with the model's largest --max-seq-len, {self.max_positions} "
+                   "(its max_position_embeddings)")
+            raise InputError(f"the prompt has {len(prompt_ids)} tokens but the engine's KV cache holds "
+                             f"{self.max_seq_len} positions: {fix}")
         t, state = perf_counter(), State(list(prompt_ids), [], gamma)
         context = prompt_ids[:-1]
         for start in range(0, len(context), self.prefill_chunk):

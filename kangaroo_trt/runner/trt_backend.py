@@ -134,10 +134,11 @@ class TensorRTBackend(Backend):
         use_graphs = cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs
         self._engines, self._runners = {}, {}
         for name, (_, spec) in ref.graphs().items():
-            plan = fresh_plan(ref.directory, ref.manifest, ref.precision, name)
-            engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+            # the bytes whose sha256 was checked; the rest of the directory is pinned by KangarooEngine.open
+            engine = self._runtime.deserialize_cuda_engine(fresh_plan(ref.directory, ref.manifest, ref.precision, name))
             if engine is None:
-                raise EngineDirError(f"TensorRT cannot load {plan}: rebuild with kangaroo-export engines --engine-dir {ref.directory}")
+                raise EngineDirError(f"TensorRT cannot load the {name} plan of {ref.directory}: rebuild with "
+                                     f"kangaroo-export engines --engine-dir {ref.directory}")
             self._engines[name] = engine
             self._runners[name] = TrtGraphRunner(engine, spec, available, self.stream, use_graphs)
 
