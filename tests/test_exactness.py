@@ -9,7 +9,6 @@ where it cannot hold.
 import dataclasses
 import json
 import subprocess
-import sys
 
 import numpy as np
 import onnx
