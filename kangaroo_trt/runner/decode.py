@@ -173,8 +173,9 @@ class Decoder:
                    f"shorten the prompt: at most {self.max_seq_len - 1} tokens fit this engine, and "
                    f"{self.max_positions - 1} one rebuilt with the model's largest --max-seq-len, {self.max_positions} "
                    "(its max_position_embeddings)")
+            padding = f" ({self.max_seq_len} usable with exact mode's {self.rows}-row steps)" if self.rows > 1 else ""
             raise InputError(f"the prompt has {len(prompt_ids)} tokens but the engine's KV cache holds "
-                             f"{self.max_seq_len} positions: {fix}")
+                             f"{self.shallow.max_seq_len} positions{padding}: {fix}")
         t, state = perf_counter(), State(list(prompt_ids), [], gamma)
         context = prompt_ids[:-1]
         for start in range(0, len(context), self.prefill_chunk):
