@@ -18,6 +18,12 @@ them off), the first call of each step shape (``n <= max_verify``, and its count
 side stream and then captures the step; later calls of that shape copy their feeds into the buffers and replay
 it. Prefill chunks run eagerly.
 
+Compiled steps (opt-in: ``KANGAROO_TRT_COMPILE=1`` or ``compile=True``; ``compiled.py``): every call of up to
+``max_verify`` rows is padded to ``max_verify`` rows and runs one ``torch.compile``d function of the module and its
+cache write, compiled at open, with the real row count in a device buffer; on CUDA that one step is what gets
+captured (key ``(max_verify, 0)``). Larger calls (prefill chunks) run the plain modules as above. Tested on CPU
+(``tests/test_compiled.py``); on CUDA it has not run.
+
 Returned arrays are numpy copies of the token outputs (on CUDA one small device-to-host copy per call,
 which is also the call's synchronization). Verified on CPU (tests/test_backends.py: the same code path,
 minus capture). The CUDA path, capture included, runs only in the GPU-marked tests (scripts/gpu_check.sh);
@@ -131,7 +137,9 @@ class TorchGraphRunner(GraphRunner):
         n = self.compile_rows
         feeds = {t.name: np.zeros(t.concrete(n), dtype=t.dtype) for t in self.spec.token_inputs}
         feeds["position_ids"] = np.arange(n, dtype=np.int64)[None]
-        self.run(feeds, 0, rows=1)
+        with self._torch.no_grad():
+            self._compiled_step(n)  # compile first, on the current stream, outside any capture (buffers: zeros)
+        self.run(feeds, 0, rows=1)  # then, on CUDA, the capture
 
     def close(self) -> None:
         super().close()
