@@ -127,6 +127,19 @@ class AdapterGraph(nn.Module):
             draft_ids = self.draft_vocab[draft_ids]  # head row -> token id
         return (draft_ids, draft_confidence, *present)
 
+    def draft_at(self, hidden, position_ids, past_key, past_value, row):
+        """``forward``'s outputs, drafting from position index ``row`` (int64 [1]) instead of the last one.
+
+        Not exported: the PyTorch backends' compiled steps (``runner/compiled.py``) pad a call past its real rows and
+        draft from the last real one. The adapter's rows do not see later rows (causal), so the draft is the one
+        ``forward`` gives on the unpadded call.
+        """
+        x, present = _run_layers(self.layers, hidden, position_ids, self.rotary, (past_key, past_value))
+        draft_ids, draft_confidence = _greedy_head(self.head(x.index_select(1, row)))
+        if self.draft_vocab is not None:
+            draft_ids = self.draft_vocab[draft_ids]
+        return (draft_ids, draft_confidence, *present)
+
 
 class DeepGraph(nn.Module):
     """layers[exit_layer:L] + final norm + LM head: the exact verifier.

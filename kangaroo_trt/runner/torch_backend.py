@@ -18,6 +18,12 @@ them off), the first call of each step shape (``n <= max_verify``, and its count
 side stream and then captures the step; later calls of that shape copy their feeds into the buffers and replay
 it. Prefill chunks run eagerly.
 
+Compiled steps (opt-in: ``KANGAROO_TRT_COMPILE=1`` or ``compile=True``; ``compiled.py``): every call of up to
+``max_verify`` rows is padded to ``max_verify`` rows and runs one ``torch.compile``d function of the module and its
+cache write, compiled at open, with the real row count in a device buffer; on CUDA that one step is what gets
+captured (key ``(max_verify, 0)``). Larger calls (prefill chunks) run the plain modules as above. Tested on CPU
+(``tests/test_compiled.py``); on CUDA it has not run.
+
 Returned arrays are numpy copies of the token outputs (on CUDA one small device-to-host copy per call,
 which is also the call's synchronization). Verified on CPU (tests/test_backends.py: the same code path,
 minus capture). The CUDA path, capture included, runs only in the GPU-marked tests (scripts/gpu_check.sh);
@@ -33,13 +39,17 @@ from ..contract.spec import FLOAT_DTYPES, GraphSpec
 from ..errors import BackendError, EngineDirError
 from ..runtimes import importable
 from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
+from .compiled import compile_enabled
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # the modules in any float dtype; int8 exists only as Q/DQ ONNX
 
 
 class TorchGraphRunner(GraphRunner):
-    def __init__(self, module, spec: GraphSpec, device: str, max_n: int, capture_up_to: int = 0) -> None:
-        """``max_n``: the largest call; ``capture_up_to``: capture CUDA graphs for calls with n up to this (0: never)."""
+    def __init__(self, module, spec: GraphSpec, device: str, max_n: int, capture_up_to: int = 0,
+                 compile_rows: int = 0) -> None:
+        """``max_n``: the largest call; ``capture_up_to``: capture CUDA graphs for calls with n up to this (0: never);
+        ``compile_rows``: run calls with n up to this as one compiled step padded to this many rows (0: never,
+        ``runner/compiled.py``)."""
         import torch
 
         super().__init__(spec)
@@ -51,7 +61,18 @@ class TorchGraphRunner(GraphRunner):
                         for t in spec.token_inputs}
         self._out_dtypes = {t.name: getattr(torch, t.dtype) for t in spec.token_outputs}
         self._capture_up_to = capture_up_to if self.device.type == "cuda" else 0
-        self._graphs: dict[tuple[int, int], tuple[object, dict]] = {}  # (n, rows) -> (CUDAGraph, its static outputs)
+        # (n, rows) -> (CUDAGraph, its static outputs); a compiled step is keyed (n, 0): its rows are data.
+        self._graphs: dict[tuple[int, int], tuple[object, dict]] = {}
+        self._compiled = None
+        if compile_rows:
+            from .compiled import can_pad, compile_step
+
+            if not can_pad(spec, compile_rows):
+                raise BackendError(f"the {spec.name} graph's head covers {spec.head_rows} rows, fewer than the "
+                                   f"{compile_rows} a compiled step pads to: run without KANGAROO_TRT_COMPILE")
+            self._compiled = compile_step(module, spec, compile_rows)
+            self._rows = torch.ones(1, dtype=torch.int64, device=self.device)  # the real rows of a compiled step
+        self.compile_rows = compile_rows
 
     def _step(self, n: int, rows: int) -> dict:
         """One call on the bound buffers: the module, then its real new cache rows written at the slots of
@@ -65,38 +86,83 @@ class TorchGraphRunner(GraphRunner):
             self.caches[c.past_value].index_copy_(2, slots, outputs[c.present_value][:, :, :rows])
         return outputs
 
-    def _capture(self, n: int, rows: int) -> dict:
-        """Run the step eagerly on a side stream (warm-up and this call's result), then capture it for later calls."""
+    def _compiled_step(self, n: int) -> dict:
+        """The compiled step on the bound buffers (``n`` = ``compile_rows``; the real row count is in ``self._rows``)."""
+        inputs = self._views(self._inputs, n)
+        caches = [self.caches[name] for c in self.spec.caches for name in (c.past_key, c.past_value)]
+        outputs = self._compiled([inputs[t.name] for t in self.spec.token_inputs], caches, self._rows)
+        return dict(zip((t.name for t in self.spec.token_outputs), outputs))
+
+    def _capture(self, key: tuple[int, int], step) -> dict:
+        """Run ``step`` eagerly on a side stream (warm-up and this call's result), then capture it for later calls."""
         torch = self._torch
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            outputs = self._step(n, rows)
+            outputs = step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # recorded, not run: rerunning the step would write the same rows anyway
-            self._graphs[(n, rows)] = graph, self._step(n, rows)
+            self._graphs[key] = graph, step()
         return outputs
 
     def _run(self, feeds, start, n, rows):
         torch = self._torch
+        real = n
+        if self._compiled is not None and n <= self.compile_rows:
+            feeds, n = pad_feeds(feeds, self.compile_rows, self.max_seq_len), self.compile_rows
+            self._rows.fill_(rows)
+            key, step = (n, 0), lambda: self._compiled_step(n)
+        else:
+            key, step = (n, rows), lambda: self._step(n, rows)
         for name, view in self._views(self._inputs, n).items():
             view.copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])))
         with torch.no_grad():
-            if (n, rows) in self._graphs:
-                graph, outputs = self._graphs[(n, rows)]
+            if key in self._graphs:
+                graph, outputs = self._graphs[key]
                 graph.replay()
             elif n <= self._capture_up_to:
-                outputs = self._capture(n, rows)
+                outputs = self._capture(key, step)
             else:
-                outputs = self._step(n, rows)
-        return {name: outputs[name].to(dtype).cpu().numpy() for name, dtype in self._out_dtypes.items()}
+                outputs = step()
+        shapes = {t.name: t.concrete(real) for t in self.spec.token_outputs}  # a padded call's real rows come first
+        return {name: outputs[name][tuple(slice(0, s) for s in shapes[name])].to(dtype).cpu().numpy()
+                for name, dtype in self._out_dtypes.items()}
+
+    def warm_up(self) -> None:
+        """Compile (and on CUDA capture) the compiled step now, at open, rather than in the first generation: one
+        call at position 0 with one real row, whose cache row is stale (no slot is valid before a prefill)."""
+        if self._compiled is None:
+            return
+        n = self.compile_rows
+        feeds = {t.name: np.zeros(t.concrete(n), dtype=t.dtype) for t in self.spec.token_inputs}
+        feeds["position_ids"] = np.arange(n, dtype=np.int64)[None]
+        with self._torch.no_grad():
+            self._compiled_step(n)  # compile first, on the current stream, outside any capture (buffers: zeros)
+        self.run(feeds, 0, rows=1)  # then, on CUDA, the capture
 
     def close(self) -> None:
         super().close()
-        self._graphs, self._inputs, self.module = {}, {}, None
+        self._graphs, self._inputs, self.module, self._compiled = {}, {}, None, None
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()  # hand the freed tensors back to the device
+
+
+def pad_feeds(feeds: dict[str, np.ndarray], n: int, slots: int) -> dict[str, np.ndarray]:
+    """Token feeds padded along the token axis to ``n`` rows: the positions go on counting (up to the last of the
+    cache's ``slots``: the graph writes every row into its view of the cache), every other input repeats its last
+    row (as exact mode pads, ``decode.py``). The real rows' outputs do not depend on the padding: attention is causal
+    by position, every other op is per row. (Exact mode's own padding never reaches the last slots; a call padded
+    here that ends there, in --no-exact mode or an adapter call, may see a padded row in its last slot.)"""
+    out = {}
+    for name, a in feeds.items():
+        extra = n - a.shape[1]
+        if name == "position_ids":
+            more = np.minimum(a[:, -1:] + np.arange(1, extra + 1, dtype=a.dtype), slots - 1)
+            out[name] = np.concatenate([a, more], axis=1)
+        else:
+            out[name] = np.concatenate([a, np.repeat(a[:, -1:], extra, axis=1)], axis=1)
+    return out
 
 
 def rebuild_modules(ref: EngineRef):
@@ -135,7 +201,9 @@ class _TorchBackend(Backend):
     def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":
         return cls(engine, threads)
 
-    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None) -> None:
+    def __init__(self, engine: EngineRef, threads: int | None = None, cuda_graphs: bool | None = None,
+                 compile: bool | None = None) -> None:
+        """``compile``: run decoding steps as compiled steps (``runner/compiled.py``; None: ``KANGAROO_TRT_COMPILE``)."""
         if not self.available():
             raise BackendError(f"backend {self.name} is not available: it needs torch" +
                                (" with CUDA and an NVIDIA GPU" if self.device == "cuda" else ""))
@@ -146,8 +214,26 @@ class _TorchBackend(Backend):
         modules = rebuild_modules(engine).to(self.device)
         m = engine.manifest
         capture = m.max_verify if (cuda_graphs_enabled() if cuda_graphs is None else cuda_graphs) else 0
+        self.compiled = compile_enabled(compile)
         self._runners = {name: TorchGraphRunner(modules.graphs()[name], spec, self.device, max(m.prefill_chunk, m.max_verify),
-                                                capture) for name, (_, spec) in engine.graphs().items()}
+                                                capture, m.max_verify if self.compiled else 0)
+                         for name, (_, spec) in engine.graphs().items()}
+        for runner in self._runners.values():
+            _warm_up(runner)
+
+
+def _warm_up(runner: TorchGraphRunner) -> None:
+    """Compile a runner's step at open; a machine where Inductor cannot compile gets one line saying so."""
+    try:
+        runner.warm_up()
+    except BackendError:
+        raise
+    except Exception as err:  # Inductor's failures have no common type (no C++ compiler, no Triton, ...)
+        from .compiled import COMPILE_ENV
+
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BackendError(f"torch.compile of the {runner.spec.name} graph failed ({type(err).__name__}: {first}): "
+                           f"run without {COMPILE_ENV}=1") from err
 
 
 class TorchCpuBackend(_TorchBackend):
