@@ -11,8 +11,9 @@ in exact mode (and with ``--also-loose`` also exact=False, so the cost of exactn
 
 - AR and Kangaroo ms per token (decode only; also with prefill), speedup, tokens per deep pass, over the same chat
   prompts (Spec-Bench first turns, round robin over its tasks, and a few chat prompts of this script's own, under
-  the model's chat template; prompts that do not fit the cache are passed over). CPU rows use the first
-  ``--cpu-prompts`` of them (the CPU baseline at 24 x 128 would take minutes of a GPU machine's budget).
+  the model's chat template; prompts that do not fit the cache are passed over). Rows with CUDA graphs off use the
+  first ``--eager-prompts`` of them and CPU rows the first ``--cpu-prompts`` (at 24 x 128 they would take minutes of
+  a GPU machine's budget); ``n_prompts`` in each row says how many it decoded.
 - Kangaroo == AR on each prompt; at a divergence, the prompt, the position and the target's top-1 minus top-2
   logit there (AR is timed without recording margins; a prompt that diverges is decoded again by AR with
   ``record_margins=True``, which must give the same tokens, for its margins).
@@ -101,11 +102,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=24, help="chat prompts per row [24]")
     ap.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per generation [128]")
     ap.add_argument("--cpu-prompts", type=int, default=4, help="prompts per CPU row, at most --prompts [4]")
+    ap.add_argument("--eager-prompts", type=int, default=8, help="prompts per CUDA-graphs-off row, at most --prompts [8]")
     ap.add_argument("--peer-prompts", type=int, default=8, help="prompts for transformers generate (0: none) [8]")
     ap.add_argument("--check-prompts", type=int, default=2, help="prompts of the exactness check per row [2]")
     ap.add_argument("--check-new-tokens", type=int, default=24, help="tokens per exactness-check generation [24]")
     ap.add_argument("--max-seq-len", type=int, default=1024, help="engine cache (capped by the model's) [1024]")
     ap.add_argument("--also-loose", action="store_true", help="also run every row with exact=False")
+    ap.add_argument("--no-kernels", action="store_true", help="do not count kernels per step (no torch.profiler)")
     ap.add_argument("--time-budget", type=float, default=None, help="seconds: start no row or peer run after it")
     ap.add_argument("--json", type=Path, default=None, help="write the results here, and report.md beside it")
     args = ap.parse_args(argv)
@@ -124,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.cuda_graphs = [graphs[g] for g in args.cuda_graphs.split(",") if g]
     except KeyError:
         fail(f"--cuda-graphs takes on, off or on,off, got {args.cuda_graphs!r}")
-    for name in ("prompts", "max_new_tokens", "cpu_prompts", "check_prompts", "check_new_tokens"):
+    for name in ("prompts", "max_new_tokens", "cpu_prompts", "eager_prompts", "check_prompts", "check_new_tokens"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.peer_prompts < 0:
@@ -209,7 +212,7 @@ def select_prompts(encode, n: int, room: int) -> list[Prompt]:
     take(extra, n_extra, chosen)
     take(spec + extra, n - len(chosen), chosen)  # where extras (or Spec-Bench ones) did not fit
     if not chosen:
-        fail(f"no prompt fits the engine's cache with --max-new-tokens: lower --max-new-tokens or raise --max-seq-len")
+        fail("no prompt fits the engine's cache with --max-new-tokens: lower --max-new-tokens or raise --max-seq-len")
     return chosen
 
 
@@ -291,7 +294,8 @@ def kernels_per_step(engine, variant: Variant, prompt: Prompt) -> dict | None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.cuda else [])
     out: dict = {"unit": "CUDA kernels" if variant.cuda else "top-level ATen ops"}
     for name, call in calls.items():
-        call(), call()  # the first call of a shape captures its CUDA graph
+        for _ in range(2):  # the first call of a shape captures its CUDA graph
+            call()
         if variant.cuda:
             torch.cuda.synchronize()
         with profile(activities=activities) as prof:
@@ -316,7 +320,7 @@ def run_row(engine_dir: Path, variant: Variant, precision: str, exact: bool, pro
         measured, outputs = measure(engine, prompts, args.max_new_tokens)
         row.update(measured)
         try:
-            row["kernels_per_step"] = kernels_per_step(engine, variant, prompts[0])
+            row["kernels_per_step"] = None if args.no_kernels else kernels_per_step(engine, variant, prompts[0])
         except Exception as err:  # the profiler is a measurement aid: its failure is reported, not fatal
             row["kernels_per_step"] = None
             row["kernels_error"] = f"{type(err).__name__}: {err}"[:200]
@@ -334,6 +338,23 @@ def run_row(engine_dir: Path, variant: Variant, precision: str, exact: bool, pro
 
 # --- the peer baseline ------------------------------------------------------------------------------------------
 
+def hf_generate(model, ids: tuple[int, ...], n: int, eos: list[int]) -> tuple[list[int], float]:
+    """Greedy ``generate`` of up to ``n`` tokens after ``ids`` (as bench/hf_baseline.py runs it), and its seconds."""
+    import torch
+
+    x = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
+    cuda = model.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, num_beams=1, max_new_tokens=n,
+                             eos_token_id=eos, pad_token_id=eos[0])
+    if cuda:
+        torch.cuda.synchronize()
+    return out[0, len(ids):].tolist(), time.perf_counter() - start
+
+
 def run_peer(engine_dir: Path, manifest, device: str, precisions: list[str], prompts: list[Prompt],
              max_new_tokens: int, ar_outputs: dict) -> dict:
     """transformers ``generate`` (greedy) of the source model on ``device``, per precision; tokens compared with
@@ -349,32 +370,21 @@ def run_peer(engine_dir: Path, manifest, device: str, precisions: list[str], pro
     eos = list(manifest.eos_token_ids)
     runs = []
     for precision in precisions:
-        model = TransformersBaseline(model_dir, tokenizer, tuple(eos)).model.to(device=device, dtype=getattr(torch, TORCH_DTYPES[precision]))
-
-        def generate(ids: tuple[int, ...], n: int) -> tuple[list[int], float]:
-            x = torch.tensor([list(ids)], dtype=torch.long, device=device)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.inference_mode():
-                out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, num_beams=1, max_new_tokens=n,
-                                     eos_token_id=eos, pad_token_id=eos[0])
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return out[0, len(ids):].tolist(), time.perf_counter() - start
-
-        generate(prompts[0].ids, min(max_new_tokens, 16))  # warm-up
+        model = TransformersBaseline(model_dir, tokenizer, tuple(eos)).model
+        model = model.to(device=device, dtype=getattr(torch, TORCH_DTYPES[precision]))
+        hf_generate(model, prompts[0].ids, min(max_new_tokens, 16), eos)  # warm-up
         seconds, tokens, same = 0.0, 0, 0
-        reference = ar_outputs.get((device, precision))
+        reference = ar_outputs.get((device, precision))  # (row label, AR outputs per prompt)
         for i, prompt in enumerate(prompts):
-            out, s = generate(prompt.ids, max_new_tokens)
+            out, s = hf_generate(model, prompt.ids, max_new_tokens, eos)
             seconds, tokens = seconds + s, tokens + len(out)
-            same += bool(reference) and i < len(reference[1]) and reference[1][i] == out
+            same += reference is not None and i < len(reference[1]) and reference[1][i] == out
         runs.append({"precision": precision, "tokens_per_s": tokens / seconds if seconds else None,
                      "ms_per_token_with_prefill": ms(seconds, tokens), "new_tokens": tokens,
                      "same_tokens_as_ar": None if reference is None else same,
+                     "compared": None if reference is None else min(len(prompts), len(reference[1])),
                      "compared_with": None if reference is None else reference[0]})
-        del model
+        model = None
         if device == "cuda":
             torch.cuda.empty_cache()
     return {"method": "transformers generate (greedy, eager)", "device": device, "n_prompts": len(prompts),
@@ -393,7 +403,8 @@ def markdown(results: dict, reports: list) -> str:
     s = results["settings"]
     lines = [f"# gpu_check: {results['gpu']}", "",
              f"Model {s['model']}{' (tiny random fallback)' if s['model_fallback'] else ''}, engine {s['engine_dir']}; "
-             f"{s['prompts']} chat prompts x {s['max_new_tokens']} new tokens (CPU rows: first {s['cpu_prompts']}), "
+             f"{s['prompts']} chat prompts x {s['max_new_tokens']} new tokens (rows with CUDA graphs off: the first "
+             f"{s['eager_prompts']}; CPU rows: the first {s['cpu_prompts']}), "
              f"gamma {s['gamma']}, tau {s['tau']}; ms/token is decode time per token (prefill excluded; with prefill "
              "in brackets). Kernels: one AR step / one verify step / one Kangaroo round.", ""]
     rows = []
@@ -422,7 +433,7 @@ def markdown(results: dict, reports: list) -> str:
         lines += markdown_table(["precision", "tokens/s", "ms/token (with prefill)", "same tokens as our AR"],
                                 [[p["precision"], fmt(p["tokens_per_s"], ".1f"), fmt(p["ms_per_token_with_prefill"]),
                                   "-" if p["same_tokens_as_ar"] is None
-                                  else f"{p['same_tokens_as_ar']}/{peer['n_prompts']} ({p['compared_with']})"]
+                                  else f"{p['same_tokens_as_ar']}/{p['compared']} ({p['compared_with']})"]
                                  for p in peer["runs"]])
     elif peer and peer.get("error"):
         lines += ["", f"## Peer: not measured ({peer['error']})"]
@@ -452,16 +463,19 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler: no start/stop lines on the console
     args = parse_args(argv)
     from kangaroo_trt.bench.environment import environment
+    from kangaroo_trt.paths import writable_dir
+
     from kangaroo_trt.chat import encode_chat
     from kangaroo_trt.contract.manifest import Manifest
     from kangaroo_trt.errors import KangarooError
     from kangaroo_trt.runner.backends import BACKENDS
     from kangaroo_trt.runtimes import share_thread_pool, thread_pool
 
-    work = Path(args.out or tempfile.mkdtemp(prefix="kangaroo-gpu-check."))
+    if args.json is not None:
+        writable_dir(args.json.parent, "--json")  # before any work: a long run never fails at its end
+    work = writable_dir(args.out, "--out") if args.out else Path(tempfile.mkdtemp(prefix="kangaroo-gpu-check."))
     model, fell_back, build_s = args.model, False, None
     if args.engine_dir is None:
         model, fell_back = resolve(args.model, work)
@@ -492,12 +506,17 @@ def main(argv=None) -> int:
         "model": model, "model_fallback": fell_back, "engine_dir": str(engine_dir), "build_s": build_s,
         "precisions": args.precisions, "backends": [v.label for v in rows_to_run], "prompts": len(prompts),
         "prompt_sources": [p.source for p in prompts], "chat_template": chat, "max_new_tokens": args.max_new_tokens,
-        "cpu_prompts": min(args.cpu_prompts, len(prompts)), "peer_prompts": min(args.peer_prompts, len(prompts)),
+        "cpu_prompts": min(args.cpu_prompts, len(prompts)), "eager_prompts": min(args.eager_prompts, len(prompts)),
+        "peer_prompts": min(args.peer_prompts, len(prompts)), "kernels": not args.no_kernels,
         "check": {"prompts": args.check_prompts, "new_tokens": args.check_new_tokens, "fills_per_prompt": 2},
         "gamma": manifest.decode.gamma, "tau": manifest.decode.tau, "max_seq_len": manifest.max_seq_len,
         "max_verify": manifest.max_verify, "also_loose": args.also_loose, "time_budget_s": args.time_budget,
         "onnxruntime_thread_pool": thread_pool(), "environment": environment()}}
     reports, ar_outputs, failures = [], {}, []
+
+    def row_prompt_count(variant: Variant) -> int:
+        return min(len(prompts), args.prompts if variant.cuda and variant.graphs is not False
+                   else args.eager_prompts if variant.cuda else args.cpu_prompts)
 
     def over_budget() -> bool:
         return args.time_budget is not None and time.perf_counter() - start > args.time_budget
@@ -545,7 +564,7 @@ def main(argv=None) -> int:
                 if over_budget():
                     skip(variant.label, precision, f"time budget ({args.time_budget:.0f} s) spent")
                     continue
-                row_prompts = prompts if variant.cuda else prompts[:min(args.cpu_prompts, len(prompts))]
+                row_prompts = prompts[:row_prompt_count(variant)]
                 print(f"== {variant.label} {precision} {'exact' if exact else 'loose'} ({len(row_prompts)} prompts)", flush=True)
                 t = time.perf_counter()
                 try:
@@ -589,4 +608,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kangaroo_trt.errors import KangarooError
+
+    try:
+        sys.exit(main())
+    except KangarooError as err:  # bad input (a path, an engine directory): one line, exit status 2
+        fail(" ".join(str(err).split()))

@@ -26,8 +26,8 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_gpu_check_rehearsal_on_cpu_writes_every_row_field(tiny_model, tmp_path):
     out = tmp_path / "results" / "results.json"
     done = _run("--model", str(tiny_model("llama-gqa-tied", chat=True)), "--backends", "onnxruntime-cpu,torch-cpu",
-                "--precisions", "fp32", "--prompts", "2", "--max-new-tokens", "6", "--peer-prompts", "2",
-                "--check-prompts", "1", "--check-new-tokens", "4", "--max-seq-len", "256", "--out", str(tmp_path / "work"),
+                "--precisions", "fp32", "--prompts", "2", "--max-new-tokens", "4", "--peer-prompts", "2",
+                "--check-prompts", "1", "--check-new-tokens", "4", "--max-seq-len", "128", "--out", str(tmp_path / "work"),
                 "--json", str(out))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     results = json.loads(out.read_text())
@@ -50,16 +50,22 @@ def test_gpu_check_rehearsal_on_cpu_writes_every_row_field(tiny_model, tmp_path)
     assert (peer["device"], peer["n_prompts"], [p["precision"] for p in peer["runs"]]) == ("cpu", 2, ["fp32"])
     assert peer["runs"][0]["tokens_per_s"] > 0 and peer["runs"][0]["same_tokens_as_ar"] in (0, 1, 2)
     settings = results["settings"]
-    assert settings["prompts"] == 2 and settings["max_new_tokens"] == 6 and settings["chat_template"] is True
+    assert settings["prompts"] == 2 and settings["max_new_tokens"] == 4 and settings["chat_template"] is True
     assert all(s.startswith(("spec-bench", "extra")) for s in settings["prompt_sources"])
     report = (out.parent / "report.md").read_text()
     assert "| onnxruntime-cpu | fp32 | exact |" in report and "| torch-cpu | fp32 | exact |" in report
 
 
-def test_gpu_check_bad_option_is_one_error_line(tmp_path):
-    done = _run("--backends", "onnxruntime-cpu,cuda-magic", "--json", str(tmp_path / "out.json"), timeout=120)
+@pytest.mark.parametrize("bad, message", [
+    (("--backends", "onnxruntime-cpu,cuda-magic"), "error: unknown backend 'cuda-magic' in --backends: choose from "
+                                                   "tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu"),
+    (("--precisions", "fp32,fp8"), "error: unknown precision 'fp8' in --precisions: choose from fp32, fp16, bf16, int8"),
+    (("--json", "{file}/out.json"), "error: --json {file}: {file} is not a directory: choose another path"),
+])
+def test_gpu_check_bad_input_is_one_error_line_before_any_work(tmp_path, bad, message):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    done = _run(*(a.format(file=file) for a in bad), "--out", str(tmp_path / "work"), timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "error: unknown backend 'cuda-magic' in --backends: choose from tensorrt, onnxruntime-cuda, torch-cuda, "
-        "onnxruntime-cpu, torch-cpu"]
-    assert not (tmp_path / "out.json").exists()
+    assert done.stderr.strip().splitlines() == [message.format(file=file)]
+    assert not (tmp_path / "work").exists()  # nothing was built
