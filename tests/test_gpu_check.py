@@ -1,0 +1,71 @@
+"""scripts/gpu_check.py end to end on the CPU, as a GPU machine would run it: a tiny chat model is built into an
+engine, measured on ONNX Runtime CPU and PyTorch CPU, and the JSON and report.md it writes hold every row field."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+ROW_FIELDS = ("backend", "precision", "exact", "ar_ms_per_token", "kangaroo_ms_per_token", "kangaroo_speedup",
+              "tokens_per_deep_pass", "equal", "n_prompts", "divergences", "kernels_per_step", "check",
+              "ar_ms_per_token_with_prefill", "kangaroo_ms_per_token_with_prefill")
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_gpu_check_rehearsal_on_cpu_writes_every_row_field(tiny_model, tmp_path):
+    out = tmp_path / "results" / "results.json"
+    done = _run("--model", str(tiny_model("llama-gqa-tied", chat=True)), "--backends", "onnxruntime-cpu,torch-cpu",
+                "--precisions", "fp32", "--prompts", "2", "--max-new-tokens", "4", "--peer-prompts", "2",
+                "--check-prompts", "1", "--check-new-tokens", "4", "--max-seq-len", "128", "--out", str(tmp_path / "work"),
+                "--json", str(out))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["gpu"] == "cpu"
+    rows = {r["backend"]: r for r in results["rows"]}
+    assert sorted(rows) == ["onnxruntime-cpu", "torch-cpu"]
+    for r in rows.values():
+        assert set(ROW_FIELDS) <= set(r), set(ROW_FIELDS) - set(r)
+        assert (r["precision"], r["exact"], r["n_prompts"]) == ("fp32", True, 2)
+        assert r["equal"] is True and r["divergences"] == [] and r["ar_tokens"] == r["kangaroo_tokens"] > 0
+        assert 0 < r["ar_ms_per_token"] < r["ar_ms_per_token_with_prefill"]
+        assert r["kangaroo_speedup"] == pytest.approx(r["ar_ms_per_token"] / r["kangaroo_ms_per_token"])
+        assert r["tokens_per_deep_pass"] >= 1
+        assert r["check"]["ok"] and (r["check"]["backend"], r["check"]["precision"]) == (r["backend"], "fp32")
+        assert r["check"]["kangaroo_equals_ar"]["prompts"] == 1
+    assert rows["onnxruntime-cpu"]["kernels_per_step"] is None  # torch.profiler cannot see inside ONNX Runtime
+    ops = rows["torch-cpu"]["kernels_per_step"]
+    assert ops["unit"] == "top-level ATen ops" and 0 < ops["ar_step"] < ops["kangaroo_round"]
+    peer = results["peer"]
+    assert (peer["device"], peer["n_prompts"], [p["precision"] for p in peer["runs"]]) == ("cpu", 2, ["fp32"])
+    assert peer["runs"][0]["tokens_per_s"] > 0 and peer["runs"][0]["same_tokens_as_ar"] in (0, 1, 2)
+    settings = results["settings"]
+    assert settings["prompts"] == 2 and settings["max_new_tokens"] == 4 and settings["chat_template"] is True
+    assert all(s.startswith(("spec-bench", "extra")) for s in settings["prompt_sources"])
+    report = (out.parent / "report.md").read_text()
+    assert "| onnxruntime-cpu | fp32 | exact |" in report and "| torch-cpu | fp32 | exact |" in report
+
+
+@pytest.mark.parametrize("bad, message", [
+    (("--backends", "onnxruntime-cpu,cuda-magic"), "error: unknown backend 'cuda-magic' in --backends: choose from "
+                                                   "tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu"),
+    (("--precisions", "fp32,fp8"), "error: unknown precision 'fp8' in --precisions: choose from fp32, fp16, bf16, int8"),
+    (("--json", "{file}/out.json"), "error: --json {file}: {file} is not a directory: choose another path"),
+])
+def test_gpu_check_bad_input_is_one_error_line_before_any_work(tmp_path, bad, message):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    done = _run(*(a.format(file=file) for a in bad), "--out", str(tmp_path / "work"), timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [message.format(file=file)]
+    assert not (tmp_path / "work").exists()  # nothing was built
