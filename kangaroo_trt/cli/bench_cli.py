@@ -65,8 +65,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
-def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, lookup_ngram, adaptive_gamma,
-         draft_floor, temperature, top_k, top_p, seed, backend, precision, threads, thread_pool, hf_baseline, no_warmup,
+def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, policy, lookup_ngram,
+         adaptive_gamma, draft_floor, temperature, top_k, top_p, seed, backend, precision, threads, thread_pool, hf_baseline, no_warmup,
          out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
@@ -95,7 +95,7 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
     decode = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, lookup_ngram=lookup_ngram,
-                                  adaptive_gamma=adaptive_gamma, draft_floor=draft_floor)  # a bad --gamma fails here, before the progress bar
+                                  adaptive_gamma=adaptive_gamma, draft_floor=draft_floor, policy=policy)  # a bad --gamma fails here, before the progress bar
     config = BenchConfig(decode, warmup=not no_warmup)
     matched = [0, 0]
     with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:

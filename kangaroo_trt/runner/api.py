@@ -26,11 +26,14 @@ import numpy as np
 
 from ..chat import encode_chat, messages_of
 from ..config import MODES, DecodeConfig, check_threads
-from ..contract.manifest import Manifest, inside
+from ..contract.manifest import Manifest, inside, sha256
 from ..errors import ConfigError, InputError
+from . import costs
 from .backend import EngineRef
+from .costs import CostTable
 from .backends import open_backend
 from .decode import Decoder, Transcript
+from .policy import Calibration
 from .stats import GenerationStats
 from .stops import StopStrings
 from .streaming import AsyncStream, Stream
@@ -54,10 +57,12 @@ class GenerationResult:
 
 
 class KangarooEngine:
-    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer,
+                 threads: int | None = None) -> None:
         self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
-        self.tokenizer = tokenizer
+        self.tokenizer, self.threads = tokenizer, threads
         self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk)
+        self.decoder.calibration = calibration_of(manifest)
         self._lock = threading.Lock()
 
     @classmethod
@@ -77,7 +82,25 @@ class KangarooEngine:
 
         tokenizer = AutoTokenizer.from_pretrained(inside(directory, "tokenizer"), local_files_only=True)
         return cls(directory, manifest, open_backend(backend, EngineRef(directory, manifest, precision), threads),
-                   precision, tokenizer)
+                   precision, tokenizer, threads)
+
+    def cost_table(self) -> CostTable:
+        """The measured graph costs the cost policy weighs (``runner/costs.py``): from the user's cache, else measured
+        now (a second or so) and cached, keyed by this manifest, backend, precision and threads."""
+        if self.backend is None:
+            raise InputError("this engine is closed: open the engine directory again")
+        rows = self.manifest.max_verify
+        if self.decoder.costs is None or self.decoder.costs.rows < rows:
+            from ..runtimes import thread_pool
+
+            key = f"{sha256(self.directory / 'manifest.json')[:16]}-{thread_pool()}"
+            path = costs.cache_path(key, self.backend.name, self.precision, self.threads, rows)
+            table = costs.load(path)
+            if table is None:
+                table = costs.measure(self.decoder, rows, backend=self.backend.name, precision=self.precision)
+                costs.save(table, path)
+            self.decoder.costs = table
+        return self.decoder.costs
 
     def close(self) -> None:
         """Free the KV caches, buffers and runtime sessions now (not at garbage collection); idempotent.
@@ -180,6 +203,8 @@ class KangarooEngine:
             if self.backend is None:  # closed between stream() and the first piece
                 raise InputError("this engine is closed: open the engine directory again")
             decoder, done, shown = self.decoder, Transcript(), ""
+            if mode == "kangaroo" and config.policy == "cost":
+                self.cost_table()  # measured (once) before the clock starts
             start = perf_counter()
             for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):
                 if not done.add(step, reason):
@@ -223,3 +248,12 @@ class KangarooEngine:
         if visible.endswith("\ufffd") or not visible.startswith(shown):
             return "", shown
         return visible[len(shown):], visible
+
+
+def calibration_of(manifest: Manifest) -> Calibration:
+    """The adapter's acceptance calibration recorded at export (its meta's ``calibration``), else the identity map."""
+    recorded = manifest.info.get("adapter", {}).get("calibration")
+    try:
+        return Calibration.from_dict(recorded) if isinstance(recorded, dict) else Calibration()
+    except (TypeError, ValueError):
+        return Calibration()
