@@ -41,9 +41,10 @@ def drafting_options(command):
     from ..config import POLICIES, DecodeConfig
 
     options = [
-        click.option("--policy", type=click.Choice(POLICIES), default=DecodeConfig.policy, show_default=True,
-                     help="How a round picks its drafts: cost (as many as pay for their measured cost; tau, "
-                          "--draft-floor and adaptive gamma unused) or tau (the paper's confidence threshold)."),
+        click.option("--policy", type=click.Choice(POLICIES), default=None,
+                     help="How a round picks its drafts: cost (as many as pay for their measured cost; --tau, "
+                          "--draft-floor and adaptive gamma unused) or tau (the paper's confidence threshold) "
+                          f"[{DecodeConfig.policy}; tau when --tau, --draft-floor or --fixed-gamma is given]."),
         click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
                      help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or "
                           "more tokens, else the adapter's drafts; 0 turns it off."),

@@ -145,7 +145,14 @@ class KangarooEngine:
 
     def decode_config(self, gamma: int | None = None, tau: float | None = None, **overrides) -> DecodeConfig:
         """A validated ``DecodeConfig``: the manifest's gamma / tau unless given, ``overrides`` for any other field
-        (max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise)."""
+        (max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise).
+
+        ``policy`` None or left out: the cost policy, unless ``tau``, a ``draft_floor`` or ``adaptive_gamma=False``
+        is given, which belong to the tau policy (so an explicit tau never goes unused)."""
+        if overrides.get("policy") is None:
+            overrides.pop("policy", None)
+            if tau is not None or overrides.get("draft_floor") or overrides.get("adaptive_gamma") is False:
+                overrides["policy"] = "tau"
         d = self.manifest.decode
         config = DecodeConfig(gamma=d.gamma if gamma is None else gamma, tau=d.tau if tau is None else tau, **overrides)
         self._check(config)

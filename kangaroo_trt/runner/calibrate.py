@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import DecodeConfig
 from .lookup import LONGEST
 from .policy import Calibration, DraftPolicy
 
@@ -81,8 +80,7 @@ class Recorder(DraftPolicy):
 def calibrate(engine, prompts: list[list[int]], max_new_tokens: int = 96) -> Calibration:
     """Decode ``prompts`` (token ids) with ``engine`` (a ``KangarooEngine``), recording every draft's outcome."""
     recorder = Recorder(engine.cost_table())
-    config = engine.decode_config(max_new_tokens=max_new_tokens)
-    config = DecodeConfig(**{**config.__dict__, "gamma": engine.manifest.max_verify - 1})
+    config = engine.decode_config(gamma=engine.manifest.max_verify - 1, max_new_tokens=max_new_tokens, policy="cost")
     for ids in prompts:
         for _ in engine.decoder.generate(ids, "kangaroo", config, policy=recorder):
             pass
