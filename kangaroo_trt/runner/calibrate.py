@@ -66,15 +66,23 @@ class Recorder(DraftPolicy):
                 out.append((ok[m].sum() + SMOOTHING * overall) / (m.sum() + SMOOTHING))
             return tuple(round(float(x), 4) for x in np.maximum.accumulate(out))
 
-        lookup = []
-        for n in range(1, LONGEST + 1):
-            firsts = [a for g, i, a in self.lookup_seen if i == 1 and g == n]
-            lookup.append((sum(firsts) + 2 * 0.5) / (len(firsts) + 2))
-        later = [a for _, i, a in self.lookup_seen if i > 1]
-        return Calibration(edges=tuple(edges), first=binned(pos == 1), later=binned(pos > 1),
-                           lookup=tuple(round(float(x), 4) for x in np.maximum.accumulate(lookup)),
-                           lookup_later=round((sum(later) + 1) / (len(later) + 2), 4),
-                           mean_later=round(rate(pos > 1), 4), samples=len(self.adapter_seen))
+        def by_ngram(first: bool) -> tuple[float, ...]:
+            seen = [(g, a) for g, i, a in self.lookup_seen if (i == 1) == first]
+            overall = (sum(a for _, a in seen) + 1) / (len(seen) + 2)
+            out: list[float | None] = []
+            for n in range(1, LONGEST + 1):
+                hits = [a for g, a in seen if g == n]
+                out.append((sum(hits) + SMOOTHING * overall) / (len(hits) + SMOOTHING) if hits else None)
+            known = [x for x in out if x is not None] or [overall]
+            filled, last = [], known[0]  # a length never matched: as the next shorter one (below all: the shortest)
+            for x in out:
+                last = x if x is not None else last
+                filled.append(last)
+            return tuple(round(float(x), 4) for x in np.maximum.accumulate(filled))
+
+        return Calibration(edges=tuple(edges), first=binned(pos == 1), later=binned(pos > 1), lookup=by_ngram(True),
+                           lookup_later=by_ngram(False), mean_later=round(rate(pos > 1), 4),
+                           samples=len(self.adapter_seen))
 
 
 def calibrate(engine, prompts: list[list[int]], max_new_tokens: int = 96) -> Calibration:

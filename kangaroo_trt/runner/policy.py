@@ -28,7 +28,7 @@ from .costs import CostTable
 
 PROBE_EVERY = 8  # plain steps between adapter probes once adapter rounds stopped paying
 MAX_P = 0.98  # no draft is certain
-PRIOR_WEIGHT = 3.0  # the calibration counts as this many verified drafts against the request's own outcomes
+PRIOR_WEIGHT = 2.0  # the calibration counts as this many verified drafts against the request's own outcomes
 MEMORY = 0.9  # per verified draft, older outcomes weigh this much less
 RATE_PRIOR = 4.0  # plain steps counted into the achieved rate, so that one lucky round does not set it
 GAIN_EMA = 0.3  # weight of the newest adapter round in the running estimate of what drafting gains
@@ -40,27 +40,29 @@ class Calibration:
 
     ``edges``: upper edges of the confidence bins; ``first[b]``: acceptance of a first adapter draft in bin b,
     ``later[b]``: of a later one given the previous was accepted; ``lookup[n - 1]``: of a first copied token
-    after an n-token match (the last entry for longer ones), ``lookup_later``: of each next copied token.
+    after an n-token match (the last entry for longer ones), ``lookup_later[n - 1]``: of each next copied token.
     """
 
     edges: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     first: tuple[float, ...] = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
     later: tuple[float, ...] = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
     lookup: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
-    lookup_later: float = 0.7
+    lookup_later: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
     mean_later: float = 0.4  # acceptance of a later adapter draft whose confidence is not known yet
     samples: int = 0  # verified drafts behind the numbers (0: the uncalibrated identity map above)
 
     def __post_init__(self) -> None:
         if not (len(self.edges) == len(self.first) == len(self.later)) or not self.edges or not self.lookup:
             raise ValueError("calibration: edges, first and later need one entry per bin, lookup at least one")
+        if len(self.lookup_later) != len(self.lookup):
+            raise ValueError("calibration: lookup and lookup_later need one entry per n-gram length")
 
     def adapter(self, confidence: float, position: int) -> float:
         b = min(bisect.bisect_left(self.edges, confidence), len(self.edges) - 1)
         return (self.first if position == 1 else self.later)[b]
 
-    def lookup_first(self, ngram: int) -> float:
-        return self.lookup[min(ngram, len(self.lookup)) - 1]
+    def lookup_chance(self, ngram: int, position: int) -> float:
+        return (self.lookup if position == 1 else self.lookup_later)[min(ngram, len(self.lookup)) - 1]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,8 +129,7 @@ class DraftPolicy:
     def lookup_count(self, ngram: int, available: int) -> int:
         """How many of ``available`` copied tokens (after an ``ngram``-token match) to verify; 0: none."""
         c, f = self.costs, self.lookup_outcomes.factor
-        chances = [min(MAX_P, (self.calibration.lookup_first(ngram) if i == 0 else self.calibration.lookup_later) * f)
-                   for i in range(available)]
+        chances = [min(MAX_P, self.calibration.lookup_chance(ngram, i + 1) * f) for i in range(available)]
         values = [self._value(chances[:k], c.shallow_ms(1 + k) + c.deep_ms(1 + k)) for k in range(available + 1)]
         best = max(range(available + 1), key=values.__getitem__)
         if best and values[best] - values[0] > max(self.gain, 0.0):
