@@ -21,7 +21,7 @@ $(STAMP): constraints.txt pyproject.toml
 
 # The bundled model's shipped adapter (kangaroo_trt/adapters/smollm2-135m) is the default; the engine is rebuilt
 # when the adapter or the code that exports the graphs changes.
-$(ENGINE)/manifest.json: kangaroo_trt/adapters/smollm2-135m/adapter.safetensors $(wildcard kangaroo_trt/model/*.py kangaroo_trt/export/*.py kangaroo_trt/contract/*.py) kangaroo_trt/build.py | $(STAMP)
+$(ENGINE)/manifest.json: kangaroo_trt/adapters/smollm2-135m/adapter.safetensors kangaroo_trt/adapters/smollm2-135m/adapter_config.json $(wildcard kangaroo_trt/model/*.py kangaroo_trt/export/*.py kangaroo_trt/contract/*.py) kangaroo_trt/build.py | $(STAMP)
 	$(VENV)/bin/kangaroo-export build --model smollm2-135m --out $(ENGINE) --force
 
 demo: $(STAMP) $(ENGINE)/manifest.json

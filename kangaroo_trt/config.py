@@ -24,6 +24,7 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 # int8: Q/DQ graphs calibrated from the fp32 ones (kangaroo_trt.calib). bf16: no ONNX graphs (ONNX Runtime CPU has no
 # bf16 MatMul kernel), the PyTorch backends run it from the modules (runner/torch_backend.py).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+POLICIES = ("cost", "tau")  # how Kangaroo picks a round's drafts (DecodeConfig.policy)
 MODES = ("kangaroo", "ar")  # decoding modes: Kangaroo, and plain autoregressive decoding (the baseline)
 TENSORRT_MODES = ("auto", "off", "require")
 MIN_MAX_VERIFY = 8  # default verify capacity of an engine (see verify_capacity)
@@ -253,6 +254,11 @@ class DecodeConfig:
     # paper verifies the first draft whatever its confidence (0.0); a draft that is likely rejected costs a
     # shallow pass and a wider deep pass for nothing.
     draft_floor: float = 0.0
+    # How a round picks its drafts. "cost": as many as the expected committed tokens pay for, from measured graph
+    # costs and the adapter's calibrated confidence (runner/policy.py); gamma still caps them, tau, adaptive_gamma
+    # and draft_floor are not used. "tau": the paper's rule (draft until a confidence falls below tau), with
+    # adaptive_gamma and draft_floor.
+    policy: str = "cost"
 
     def __post_init__(self) -> None:
         if not isinstance(self.gamma, int) or self.gamma < 1:
@@ -272,6 +278,11 @@ class DecodeConfig:
             raise ConfigError(f"lookup_ngram must be an integer >= 0, got {self.lookup_ngram!r}: 0 turns prompt lookup off")
         if isinstance(self.draft_floor, bool) or not isinstance(self.draft_floor, (int, float)) or not 0.0 <= self.draft_floor <= 1.0:
             raise ConfigError(f"draft_floor must lie in [0, 1], got {self.draft_floor!r}: it is a softmax-probability threshold")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.policy == "cost" and (self.draft_floor or not self.adaptive_gamma):
+            raise ConfigError("draft_floor and fixed gamma belong to the tau policy: add --policy tau (policy='tau'), "
+                              "or leave them out for the cost policy")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 

@@ -15,9 +15,21 @@ def drafting_summary(settings: dict[str, Any]) -> str:
     """Prompt lookup, adaptive gamma and the draft floor as the run used them (older reports: not recorded)."""
     if "lookup_ngram" not in settings:
         return "drafting options not recorded"
-    lookup = settings["lookup_ngram"]
-    return (f"prompt lookup {f'from {lookup}-grams' if lookup else 'off'}, "
-            f"{'adaptive' if settings['adaptive_gamma'] else 'fixed'} gamma, draft floor {settings['draft_floor']}")
+    ngram = settings["lookup_ngram"]
+    lookup = f"prompt lookup {f'from {ngram}-grams' if ngram else 'off'}"
+    if settings.get("policy") == "cost":
+        return f"cost policy (drafts as far as they pay for their measured cost), {lookup}"
+    return (f"{lookup}, {'adaptive' if settings['adaptive_gamma'] else 'fixed'} gamma, "
+            f"draft floor {settings['draft_floor']}")
+
+
+def cost_lines(settings: dict[str, Any]) -> list[str]:
+    """The measured cost table the cost policy weighed (runner/costs.py), when the run recorded one."""
+    if not settings.get("costs"):
+        return []
+    from ..runner.costs import CostTable
+
+    return ["```", *CostTable.from_dict(settings["costs"]).lines(), "```", ""]
 
 
 def _adapter_note(report: dict[str, Any]) -> str | None:
@@ -134,6 +146,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
                     + (f", {st['thread_pool']} thread pool" if st.get("thread_pool") else "")],
         ["versions", ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + f", Python {env.get('python')}"],
     ]) + [""]
+    lines += cost_lines(st)
     lines += _acceptance_section(report, plots) + _time_section(report, plots) + _equality_section(report)
     skipped = report["progress"]["skipped"]
     if skipped:

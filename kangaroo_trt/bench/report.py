@@ -47,7 +47,7 @@ def build_report(bench: BenchRun, engine, command: str | None = None, settings: 
         "settings": {**(settings or {}), "gamma": gamma, "tau": bench.decode.tau,
                      "max_new_tokens": bench.decode.max_new_tokens, "prompt_format": bench.prompt_format,
                      "lookup_ngram": bench.decode.lookup_ngram, "adaptive_gamma": bench.decode.adaptive_gamma,
-                     "draft_floor": bench.decode.draft_floor,
+                     "draft_floor": bench.decode.draft_floor, "policy": bench.decode.policy,
                      "baseline": bench.baseline, "exact": engine.exact, "near_tie_margin": tie_margin(engine.exact),
                      "sampling": None if bench.decode.greedy else {"temperature": bench.decode.temperature,
                                                                    "top_k": bench.decode.top_k, "top_p": bench.decode.top_p}},

@@ -67,8 +67,9 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-report"), show_default=True,
               help="Report directory (report.md, report.json, PNG plots).")
 @user_errors
-def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, lookup_ngram, adaptive_gamma,
-         draft_floor, temperature, top_k, top_p, seed, backend, precision, exact, threads, thread_pool, hf_baseline, no_warmup,
+def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, tau, policy, lookup_ngram,
+         adaptive_gamma, draft_floor, temperature, top_k, top_p, seed, backend, precision, exact, threads, thread_pool,
+         hf_baseline, no_warmup,
          out_dir) -> None:
     """Benchmark Kangaroo against plain greedy (AR) decoding on Spec-Bench and check their outputs are equal."""
     quiet_libraries()
@@ -97,8 +98,11 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
     decode = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, lookup_ngram=lookup_ngram,
-                                  adaptive_gamma=adaptive_gamma, draft_floor=draft_floor)  # a bad --gamma fails here, before the progress bar
+                                  adaptive_gamma=adaptive_gamma, draft_floor=draft_floor, policy=policy)  # a bad --gamma fails here, before the progress bar
     config = BenchConfig(decode, warmup=not no_warmup)
+    costs = engine.cost_table() if decode.policy == "cost" else None  # measured or cached now, before any timing
+    if costs is not None:
+        click.echo("\n".join(costs.lines()), err=True)
     matched = [0, 0]
     with tqdm(total=len(questions), unit="question", desc="kangaroo-bench", file=sys.stderr, dynamic_ncols=True) as bar:
 
@@ -112,7 +116,7 @@ def main(engine_dir, questions_file, categories, limit, max_new_tokens, gamma, t
 
     settings = {"questions": str(questions_file) if questions_file else "Spec-Bench (480 questions, shipped)",
                 "categories": _categories(categories), "limit": limit, "threads": threads,
-                "thread_pool": runtime_pool()}
+                "thread_pool": runtime_pool(), "costs": costs.to_dict() if costs is not None else None}
     report = build_report(bench, engine, command, settings, environment())
     paths = write_report(report, out_dir)
     click.echo(terminal_table(report))

@@ -126,17 +126,22 @@ def exact_option(command):
 
 def drafting_options(command):
     """The drafting fields of ``DecodeConfig`` as options (kangaroo-run and kangaroo-bench), defaults from the dataclass."""
-    from ..config import DecodeConfig
+    from ..config import POLICIES, DecodeConfig
 
     options = [
+        click.option("--policy", type=click.Choice(POLICIES), default=None,
+                     help="How a round picks its drafts: cost (as many as pay for their measured cost; --tau, "
+                          "--draft-floor and adaptive gamma unused) or tau (the paper's confidence threshold) "
+                          f"[{DecodeConfig.policy}; tau when --tau, --draft-floor or --fixed-gamma is given]."),
         click.option("--lookup-ngram", type=int, default=DecodeConfig.lookup_ngram, show_default=True,
                      help="Prompt lookup drafting: draft what followed an earlier occurrence of the context's last N or "
                           "more tokens, else the adapter's drafts; 0 turns it off."),
         click.option("--adaptive-gamma/--fixed-gamma", default=DecodeConfig.adaptive_gamma, show_default=True,
-                     help="Drafts per round: one more after a fully accepted round, one fewer otherwise (at most --gamma)."),
+                     help="--policy tau: drafts per round one more after a fully accepted round, one fewer otherwise "
+                          "(at most --gamma)."),
         click.option("--draft-floor", type=FINITE, default=DecodeConfig.draft_floor, show_default=True,
-                     help="Verify no draft in a round whose first adapter draft is less confident than this (0: always "
-                          "verify it, as the paper does)."),
+                     help="--policy tau: verify no draft in a round whose first adapter draft is less confident than "
+                          "this (0: always verify it, as the paper does)."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -39,8 +39,8 @@ from .common import (FINITE, THREADS, Command, drafting_options, exact_option, q
 @exact_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (prompt_ids, output_ids, text, stats).")
 @user_errors
-def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, tau, lookup_ngram, adaptive_gamma,
-         draft_floor, temperature, top_k, top_p, seed, stop, backend, threads, thread_pool, precision,
+def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, tau, policy, lookup_ngram,
+         adaptive_gamma, draft_floor, temperature, top_k, top_p, seed, stop, backend, threads, thread_pool, precision,
          exact, as_json) -> None:
     """Generate with Kangaroo self-speculative decoding (or plain AR with --mode ar); greedy unless --temperature."""
     quiet_libraries()
@@ -53,7 +53,7 @@ def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, t
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads, exact=exact)
     config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed,
-                                  lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma, draft_floor=draft_floor)
+                                  lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma, draft_floor=draft_floor, policy=policy)
     ids = engine.encode(prompt, chat=True, parse_special=True) if parse_special and chat else None
     stream = engine.stream(prompt, prompt_ids=ids, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
     for piece in stream:

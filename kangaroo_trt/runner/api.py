@@ -26,13 +26,16 @@ import numpy as np
 
 from ..chat import encode_chat, messages_of
 from ..config import MODES, DecodeConfig
-from ..contract.manifest import Manifest, inside
+from ..contract.manifest import Manifest, inside, sha256
 from ..contract.pin import open_pinned
 from ..errors import ConfigError, EngineDirError, InputError
 from ..runtimes import check_threads
+from . import costs
 from .backend import Backend, EngineRef
+from .costs import CostTable
 from .backends import open_backend
 from .decode import Decoder, Transcript
+from .policy import Calibration
 from .stats import GenerationStats
 from .stops import StopStrings
 from .streaming import AsyncStream, Stream
@@ -76,12 +79,14 @@ class GenerationResult:
 
 
 class KangarooEngine:
-    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer, exact: bool = True) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, backend, precision: str, tokenizer, exact: bool = True,
+                 threads: int | None = None) -> None:
         self.directory, self.manifest, self.backend, self.precision = directory, manifest, backend, precision
-        self.tokenizer, self.exact = tokenizer, exact
+        self.tokenizer, self.exact, self.threads = tokenizer, exact, threads
         rows = exact_rows(manifest, backend, precision) if exact else 1
         self.decoder = Decoder(backend, manifest.eos_token_ids, manifest.prefill_chunk, rows,
                                manifest.model.max_position_embeddings)
+        self.decoder.calibration = calibration_of(manifest)
         self._lock = threading.Lock()
 
     @classmethod
@@ -116,13 +121,14 @@ class KangarooEngine:
         try:
             if exact:
                 check_exact(ref, runtime.name)
-            return cls.from_backend(ref, runtime, exact)
+            return cls.from_backend(ref, runtime, exact, threads)
         except BaseException:
             runtime.close()
             raise
 
     @classmethod
-    def from_backend(cls, ref: EngineRef, backend: Backend, exact: bool = True) -> "KangarooEngine":
+    def from_backend(cls, ref: EngineRef, backend: Backend, exact: bool = True,
+                     threads: int | None = None) -> "KangarooEngine":
         """An engine on an open ``backend`` for ``ref``'s directory and precision, with no checks (``open`` makes
         them; an export uses this to check its own output before it has a manifest to vouch for it)."""
         from transformers import AutoTokenizer  # after the checks: a bad directory fails fast
@@ -133,7 +139,25 @@ class KangarooEngine:
             why = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
             raise EngineDirError(f"{ref.directory}: cannot load its tokenizer ({why}): the tokenizer files are missing or "
                                  "corrupt, rebuild the engine directory") from err
-        return cls(ref.directory, ref.manifest, backend, ref.precision, tokenizer, exact)
+        return cls(ref.directory, ref.manifest, backend, ref.precision, tokenizer, exact, threads)
+
+    def cost_table(self) -> CostTable:
+        """The measured graph costs the cost policy weighs (``runner/costs.py``): from the user's cache, else measured
+        now (a second or so) and cached, keyed by this manifest, backend, precision and threads."""
+        if self.backend is None:
+            raise InputError("this engine is closed: open the engine directory again")
+        rows = self.manifest.max_verify
+        if self.decoder.costs is None or self.decoder.costs.rows < rows:
+            from ..runtimes import thread_pool
+
+            key = f"{sha256(self.directory / 'manifest.json')[:16]}-{thread_pool()}-rows{self.decoder.rows}"
+            path = costs.cache_path(key, self.backend.name, self.precision, self.threads, rows)
+            table = costs.load(path)
+            if table is None:
+                table = costs.measure(self.decoder, rows, backend=self.backend.name, precision=self.precision)
+                costs.save(table, path)
+            self.decoder.costs = table
+        return self.decoder.costs
 
     def close(self) -> None:
         """Free the KV caches, buffers and runtime sessions now (not at garbage collection); idempotent.
@@ -178,7 +202,14 @@ class KangarooEngine:
 
     def decode_config(self, gamma: int | None = None, tau: float | None = None, **overrides) -> DecodeConfig:
         """A validated ``DecodeConfig``: the manifest's gamma / tau unless given, ``overrides`` for any other field
-        (max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise)."""
+        (max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise).
+
+        ``policy`` None or left out: the cost policy, unless ``tau``, a ``draft_floor`` or ``adaptive_gamma=False``
+        is given, which belong to the tau policy (so an explicit tau never goes unused)."""
+        if overrides.get("policy") is None:
+            overrides.pop("policy", None)
+            if tau is not None or overrides.get("draft_floor") or overrides.get("adaptive_gamma") is False:
+                overrides["policy"] = "tau"
         d = self.manifest.decode
         config = DecodeConfig(gamma=d.gamma if gamma is None else gamma, tau=d.tau if tau is None else tau, **overrides)
         self._check(config)
@@ -236,6 +267,8 @@ class KangarooEngine:
             if self.backend is None:  # closed between stream() and the first piece
                 raise InputError("this engine is closed: open the engine directory again")
             decoder, done, shown = self.decoder, Transcript(), ""
+            if mode == "kangaroo" and config.policy == "cost":
+                self.cost_table()  # measured (once) before the clock starts
             start = perf_counter()
             for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):
                 if not done.add(step, reason):
@@ -279,3 +312,12 @@ class KangarooEngine:
         if visible.endswith("\ufffd") or not visible.startswith(shown):
             return "", shown
         return visible[len(shown):], visible
+
+
+def calibration_of(manifest: Manifest) -> Calibration:
+    """The adapter's acceptance calibration recorded at export (its meta's ``calibration``), else the identity map."""
+    recorded = manifest.info.get("adapter", {}).get("calibration")
+    try:
+        return Calibration.from_dict(recorded) if isinstance(recorded, dict) else Calibration()
+    except (TypeError, ValueError):
+        return Calibration()

@@ -37,7 +37,9 @@ import numpy as np
 from ..config import MODES, DecodeConfig
 from ..errors import InputError
 from .backend import Backend
-from .lookup import lookup_drafts
+from .costs import CostTable, measure
+from .lookup import lookup_drafts, lookup_match
+from .policy import Calibration, DraftPolicy
 from .stats import AcceptanceLog
 from .verify import Greedy, Sampling, rule_for
 
@@ -128,6 +130,10 @@ class Decoder:
         self.timings = {"prefill": 0.0, "draft": 0.0, "verify": 0.0}
         self.record_margins = False
         self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
+        # The cost policy's inputs: measured graph costs (measured at the first request that needs them unless
+        # the engine sets a cached table) and the adapter's calibration (the engine sets the one it shipped with).
+        self.costs: CostTable | None = None
+        self.calibration = Calibration()
         self.state: State | None = None  # the current (or last) generation's, for inspection
 
     @property
@@ -211,6 +217,33 @@ class Decoder:
             exits.append(self._shallow([draft], p + j + 1))
         return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
 
+    def policy_round(self, state: State, room: int, ngram: int, policy: DraftPolicy) -> Round:
+        """A round whose drafts the cost policy chooses: copied ones, the adapter's (as many as pay), or none."""
+        copied, matched = lookup_match(state.context, ngram, room)
+        if copied and (k := policy.lookup_count(matched, len(copied))):
+            return self.lookup_round(state, copied[:k])
+        if room < 1 or not policy.start_adapter():
+            return self.ar_step(state)
+        t, p = perf_counter(), state.p
+        exits, drafts = [self._shallow(state.context[-1:], p)], []
+        for j in range(room):
+            pending = np.concatenate(state.unseen + exits[:1], axis=1) if j == 0 else exits[j]  # catch up first
+            draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
+            choice = policy.after_draft(confidence, room)
+            if choice == "drop":  # the adapter read this round's exit states up to exits[j]
+                return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=j + 1)
+            drafts.append(draft)
+            exits.append(self._shallow([draft], p + j + 1))
+            if choice == "keep":
+                break
+        return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
+
+    def draft_policy(self, config: DecodeConfig) -> DraftPolicy:
+        """A new request's cost policy; measures the graph costs first if no table covers gamma + 1 rows."""
+        if self.costs is None or self.costs.rows < config.gamma + 1:
+            self.costs = measure(self, config.gamma + 1)
+        return DraftPolicy(self.costs, self.calibration)
+
     def lookup_round(self, state: State, drafts: list[int]) -> Round:
         """Drafts copied from the context: one shallow pass gives their exit states, the same deep pass verifies."""
         t = perf_counter()
@@ -237,10 +270,12 @@ class Decoder:
         state.context += step.tokens
         state.produced += n
 
-    def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool = False):
+    def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool = False,
+                 policy: DraftPolicy | None = None):
         """Yield (round, stop) per round, its tokens already cut at EOS / max_new_tokens, until done.
 
         ``timings`` restart at zero; ``record_margins`` fills each round's target top-1 minus top-2 logits.
+        ``policy``: the drafting policy object of the cost policy (default: a new ``draft_policy(config)``).
         """
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -248,12 +283,19 @@ class Decoder:
         self.record_margins = record_margins
         self.rule = rule_for(config)
         kangaroo = mode == "kangaroo"
+        if kangaroo and config.policy == "cost":
+            policy = policy or self.draft_policy(config)
+        else:
+            policy = None
         state = self.state = self.prefill(prompt_ids, kangaroo, config.gamma)
         while True:
             remaining = config.max_new_tokens - state.produced
             # Never draft past the token budget or the cache: k drafts commit at most k + 1 tokens.
             room = min(config.gamma, remaining - 1, self.max_seq_len - 1 - state.p) if kangaroo else 0
-            if copied := lookup_drafts(state.context, config.lookup_ngram, room):  # the context repeats itself
+            if policy is not None:
+                step = self.policy_round(state, room, config.lookup_ngram, policy)
+                policy.observe(len(step.drafts), step.accepted, len(step.tokens))
+            elif copied := lookup_drafts(state.context, config.lookup_ngram, room):  # the context repeats itself
                 step = self.lookup_round(state, copied)
             elif room >= 1:
                 step = self.kangaroo_round(state, min(state.gamma, room), config.tau, config.draft_floor)

@@ -133,7 +133,7 @@ def _cache_rows(decoder, start: int, n: int) -> dict[str, np.ndarray]:
     for graph in (decoder.shallow, decoder.deep):
         for name, buffer in graph.caches.items():
             rows = buffer[:, :, start:start + n]
-            rows = rows.cpu().numpy() if hasattr(rows, "cpu") else host(rows)
+            rows = rows.float().cpu().numpy() if hasattr(rows, "cpu") else host(rows)  # bf16 -> fp32 is exact
             out[f"{graph.spec.name}/{name}"] = np.ascontiguousarray(np.moveaxis(rows[0], 1, 0)).reshape(n, -1)
     return out
 

@@ -18,8 +18,13 @@ LONGEST = 8  # longest suffix matched; longer matches rarely change which occurr
 def lookup_drafts(context: list[int], min_ngram: int, count: int) -> list[int]:
     """Up to ``count`` tokens that followed the latest earlier occurrence of the context's longest repeated
     suffix (of at least ``min_ngram`` tokens); [] when there is none."""
+    return lookup_match(context, min_ngram, count)[0]
+
+
+def lookup_match(context: list[int], min_ngram: int, count: int) -> tuple[list[int], int]:
+    """``lookup_drafts`` and the length of the matched suffix (0 when there is no draft)."""
     if min_ngram < 1 or count < 1 or len(context) < 2:
-        return []
+        return [], 0
     ctx = np.asarray(context)
     ends = np.flatnonzero(ctx[:-1] == ctx[-1])  # where an earlier occurrence of the last token sits
     n = 1
@@ -30,6 +35,7 @@ def lookup_drafts(context: list[int], min_ngram: int, count: int) -> list[int]:
             break
         ends, n = longer, n + 1
     if not ends.size or n < min_ngram:
-        return []
+        return [], 0
     start = int(ends[-1]) + 1
-    return ctx[start:start + count].tolist()
+    drafts = ctx[start:start + count].tolist()
+    return drafts, n if drafts else 0

@@ -1,0 +1,140 @@
+"""Measured costs of a round's graph calls on one backend and precision: what the drafting policy weighs.
+
+A ``CostTable`` holds, in milliseconds, a deep pass by its row count (1 .. ``rows``), a shallow pass by row count
+(a lookup round runs one over t_0 and its drafts) and one adapter row (a draft step is an adapter row plus a
+one-row shallow pass). ``measure`` times them through the ``Decoder``'s own graph-call methods (``_shallow``,
+``_adapter``, ``_deep``), so the table reflects whatever the decoder really runs (padding included). It writes
+cache rows past position ``at`` only; run it between requests (every request's prefill rewrites what it reads).
+
+Tables are cached in the user's cache directory (``$XDG_CACHE_HOME/kangaroo-trt/costs``, never inside an engine
+directory, whose files the manifest lists), keyed by the manifest's digest, backend, precision and threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+
+REPEATS = 7  # timed calls per shape, interleaved across shapes so that load drifting shifts all of them alike
+QUANTILE = 25  # a low percentile of the repeats: the cost when the call had the cores (other load adds noise, not cost)
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Milliseconds per call: ``deep[r - 1]`` / ``shallow[r - 1]`` for r rows, ``adapter`` for one row."""
+
+    deep: tuple[float, ...]
+    shallow: tuple[float, ...]
+    adapter: float
+    backend: str = ""
+    precision: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.deep or len(self.deep) != len(self.shallow):
+            raise ValueError("a cost table needs deep and shallow costs for the same row counts (1 or more)")
+
+    @property
+    def rows(self) -> int:
+        """The largest row count measured (a round verifies at most rows - 1 drafts)."""
+        return len(self.deep)
+
+    def deep_ms(self, rows: int) -> float:
+        return self.deep[min(rows, self.rows) - 1]
+
+    def shallow_ms(self, rows: int) -> float:
+        return self.shallow[min(rows, self.rows) - 1]
+
+    @property
+    def draft_ms(self) -> float:
+        """One adapter draft: the adapter row that proposes it and the shallow row that gives its exit state."""
+        return self.adapter + self.shallow_ms(1)
+
+    @property
+    def plain_ms(self) -> float:
+        """A plain decoding step: shallow then deep on one token."""
+        return self.shallow_ms(1) + self.deep_ms(1)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CostTable":
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"cost table schema {d.get('schema')!r}, expected {SCHEMA}")
+        return cls(tuple(float(x) for x in d["deep"]), tuple(float(x) for x in d["shallow"]), float(d["adapter"]),
+                   str(d.get("backend", "")), str(d.get("precision", "")))
+
+    def lines(self) -> list[str]:
+        """The table as text (``kangaroo-bench`` prints it)."""
+        head = f"costs ({self.backend or 'backend'} {self.precision}), ms per call:"
+        rows = " ".join(f"{r}:{self.deep_ms(r):.2f}" for r in range(1, self.rows + 1))
+        shallow = " ".join(f"{r}:{self.shallow_ms(r):.2f}" for r in range(1, self.rows + 1))
+        return [head, f"  deep pass by rows     {rows}", f"  shallow pass by rows  {shallow}",
+                f"  adapter row {self.adapter:.2f}, draft step (adapter + shallow row) {self.draft_ms:.2f}, "
+                f"plain step {self.plain_ms:.2f}"]
+
+
+def measure(decoder, rows: int, at: int = 64, repeats: int = REPEATS, backend: str = "", precision: str = "") -> CostTable:
+    """Time ``decoder``'s graph calls for 1 .. ``rows`` rows at position ``at`` (one untimed call per shape first).
+
+    A low percentile per shape, smoothed over the row count (``_smooth``)."""
+    at = max(0, min(at, decoder.max_seq_len - rows - 1))
+    hidden = decoder._shallow([0] * rows, at)  # exit states to feed the deep and adapter graphs
+    calls = {("deep", r): (lambda r=r: decoder._deep(hidden[:, :r], at)) for r in range(1, rows + 1)}
+    calls.update({("shallow", r): (lambda r=r: decoder._shallow([0] * r, at)) for r in range(1, rows + 1)})
+    calls[("adapter", 1)] = lambda: decoder._adapter(hidden[:, :1], at)
+    for call in calls.values():
+        call()
+    times: dict = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            t = perf_counter()
+            call()
+            times[key].append((perf_counter() - t) * 1e3)
+    low = {key: float(np.percentile(v, QUANTILE)) for key, v in times.items()}
+    return CostTable(_smooth([low[("deep", r)] for r in range(1, rows + 1)]),
+                     _smooth([low[("shallow", r)] for r in range(1, rows + 1)]), low[("adapter", 1)], backend, precision)
+
+
+def _smooth(ms: list[float]) -> tuple[float, ...]:
+    """Costs by row count as one row's measured cost and a straight line through the wider passes' (one noisy
+    reading moves a line less than it moves a row), never decreasing with the row count."""
+    if len(ms) > 2:
+        slope, base = np.polyfit(np.arange(2, len(ms) + 1), ms[1:], 1)
+        ms = ms[:1] + [base + max(slope, 0.0) * r for r in range(2, len(ms) + 1)]
+    return tuple(round(float(x), 4) for x in np.maximum.accumulate(ms))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kangaroo-trt" / "costs"
+
+
+def cache_path(engine_key: str, backend: str, precision: str, threads: int | None, rows: int) -> Path:
+    """Where the table of one engine (``engine_key``: its manifest's digest and thread pool) on one backend lives."""
+    return cache_dir() / f"{engine_key}-{backend}-{precision}-t{threads or 0}-r{rows}.json"
+
+
+def load(path: Path) -> CostTable | None:
+    """A cached table, or None when there is none or it cannot be read (it is then measured again)."""
+    try:
+        return CostTable.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save(table: CostTable, path: Path) -> None:
+    """Write atomically; a cache that cannot be written (read-only home) is skipped: the table is measured again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table.to_dict(), indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,0 +1,184 @@
+"""The cost-aware drafting policy: each round drafts only as far as the expected committed tokens pay for the time.
+
+A round with k drafts commits ``1 + P_1 + .. + P_k`` tokens on average (P_i: the chance drafts 1..i are all
+accepted) and costs its graph calls (``costs.py``). With ``rate`` the tokens per millisecond the request can
+already count on (at least plain decoding's), the round's value is ``tokens - rate * time``; the policy picks
+the k (zero included) with the highest value:
+
+* prompt lookup: how many of the copied tokens to verify, from the chance a copy is right given its n-gram
+  match (``Calibration.lookup``);
+* adapter drafts, one at a time: after each draft, its confidence (calibrated to an acceptance chance per
+  position, ``Calibration.first`` / ``later``) decides between verifying without it, stopping with it, or
+  drafting on (later drafts assumed as likely as the calibration's mean);
+* whether to run the adapter at all: a running estimate of what adapter rounds gained; a request where they do
+  not pay takes plain steps, with a probe every ``PROBE_EVERY`` plain steps so that it can recover.
+
+Per-request learning: verified drafts' outcomes against their predicted chances give a correction factor
+(recent rounds weigh most) that scales the calibration for the rest of the request.
+
+Only the drafts change: the deep pass verifies whatever is proposed with the same rule, so output is unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass, field
+
+from .costs import CostTable
+
+PROBE_EVERY = 8  # plain steps between adapter probes once adapter rounds stopped paying
+MAX_P = 0.98  # no draft is certain
+PRIOR_WEIGHT = 2.0  # the calibration counts as this many verified drafts against the request's own outcomes
+MEMORY = 0.9  # per verified draft, older outcomes weigh this much less
+RATE_PRIOR = 4.0  # plain steps counted into the achieved rate, so that one lucky round does not set it
+GAIN_EMA = 0.3  # weight of the newest adapter round in the running estimate of what drafting gains
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Chance that a draft is accepted, measured on real prompts through an engine (``runner/calibrate.py``).
+
+    ``edges``: upper edges of the confidence bins; ``first[b]``: acceptance of a first adapter draft in bin b,
+    ``later[b]``: of a later one given the previous was accepted; ``lookup[n - 1]``: of a first copied token
+    after an n-token match (the last entry for longer ones), ``lookup_later[n - 1]``: of each next copied token.
+    """
+
+    edges: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    first: tuple[float, ...] = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
+    later: tuple[float, ...] = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
+    lookup: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+    lookup_later: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+    mean_later: float = 0.4  # acceptance of a later adapter draft whose confidence is not known yet
+    samples: int = 0  # verified drafts behind the numbers (0: the uncalibrated identity map above)
+
+    def __post_init__(self) -> None:
+        if not (len(self.edges) == len(self.first) == len(self.later)) or not self.edges or not self.lookup:
+            raise ValueError("calibration: edges, first and later need one entry per bin, lookup at least one")
+        if len(self.lookup_later) != len(self.lookup):
+            raise ValueError("calibration: lookup and lookup_later need one entry per n-gram length")
+
+    def adapter(self, confidence: float, position: int) -> float:
+        b = min(bisect.bisect_left(self.edges, confidence), len(self.edges) - 1)
+        return (self.first if position == 1 else self.later)[b]
+
+    def lookup_chance(self, ngram: int, position: int) -> float:
+        return (self.lookup if position == 1 else self.lookup_later)[min(ngram, len(self.lookup)) - 1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls(**{k: tuple(float(x) for x in v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass
+class Outcomes:
+    """Verified drafts of one kind in this request: accepted count against predicted chances, recent ones first."""
+
+    accepted: float = PRIOR_WEIGHT
+    predicted: float = PRIOR_WEIGHT
+
+    @property
+    def factor(self) -> float:
+        return self.accepted / self.predicted
+
+    def add(self, chances: list[float], accepted: int) -> None:
+        """Drafts past the first rejected one were never judged: only positions up to it count."""
+        for i, p in enumerate(chances[:accepted + 1]):
+            self.accepted = self.accepted * MEMORY + (i < accepted)
+            self.predicted = self.predicted * MEMORY + p
+
+
+@dataclass
+class DraftPolicy:
+    """One request's drafting decisions (``Decoder.policy_round`` asks, ``observe`` tells it what happened)."""
+
+    costs: CostTable
+    calibration: Calibration = field(default_factory=Calibration)
+    adapter_outcomes: Outcomes = field(default_factory=Outcomes)
+    lookup_outcomes: Outcomes = field(default_factory=Outcomes)
+    gain: float = 0.0  # running estimate of an adapter round's value over a plain step, in tokens (>= 0: draft)
+    plain_streak: int = 0
+    tokens: float = 0.0
+    time_ms: float = 0.0
+    _chances: list[float] = field(default_factory=list)  # the current round's predicted acceptance chances
+    _kind: str = "plain"
+
+    # --- what a round is worth ----------------------------------------------------------------------------
+    @property
+    def rate(self) -> float:
+        """Tokens per ms the request can count on: plain decoding's, or what its rounds achieved if more."""
+        plain = 1.0 / self.costs.plain_ms
+        return max(plain, (self.tokens + RATE_PRIOR) / (self.time_ms + RATE_PRIOR * self.costs.plain_ms))
+
+    def _value(self, chances: list[float], time_ms: float) -> float:
+        expected, together = 1.0, 1.0
+        for p in chances:
+            together *= p
+            expected += together
+        return expected - self.rate * time_ms
+
+    def _plain_value(self) -> float:
+        return 1.0 - self.rate * self.costs.plain_ms
+
+    def _adapter_p(self, confidence: float, position: int) -> float:
+        return min(MAX_P, self.calibration.adapter(confidence, position) * self.adapter_outcomes.factor)
+
+    # --- decisions ----------------------------------------------------------------------------------------
+    def lookup_count(self, ngram: int, available: int) -> int:
+        """How many of ``available`` copied tokens (after an ``ngram``-token match) to verify; 0: none."""
+        c, f = self.costs, self.lookup_outcomes.factor
+        chances = [min(MAX_P, self.calibration.lookup_chance(ngram, i + 1) * f) for i in range(available)]
+        values = [self._value(chances[:k], c.shallow_ms(1 + k) + c.deep_ms(1 + k)) for k in range(available + 1)]
+        best = max(range(available + 1), key=values.__getitem__)
+        if best and values[best] - values[0] > max(self.gain, 0.0):
+            self._chances, self._kind = chances[:best], "lookup"
+            return best
+        return 0
+
+    def start_adapter(self) -> bool:
+        """Whether this round runs the adapter (else it is a plain step)."""
+        self._chances, self._kind = [], "plain"
+        if self.gain >= 0.0 or self.plain_streak >= PROBE_EVERY:
+            self._kind = "adapter"
+            return True
+        return False
+
+    def after_draft(self, confidence: float, room: int) -> str:
+        """After the adapter proposed draft j (confidence given): "drop" it (verify drafts 1..j-1), "keep" it and
+        stop, or draft "more" (at most ``room`` drafts in all)."""
+        j = len(self._chances) + 1
+        known = self._chances + [self._adapter_p(confidence, j)]
+        later = min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
+        c = self.costs
+
+        def value(k: int) -> float:
+            chances = known[:k] + [later] * (k - j)
+            return self._value(chances, c.shallow_ms(1) + max(k, j) * c.adapter + k * c.shallow_ms(1) + c.deep_ms(k + 1))
+
+        values = {k: value(k) for k in range(j - 1, room + 1)}
+        best = max(values, key=values.__getitem__)
+        self._chances = known if best >= j else self._chances
+        if best == j - 1 or best == j:
+            # What this adapter round is worth against a plain step that never ran the adapter.
+            self.gain = (1 - GAIN_EMA) * self.gain + GAIN_EMA * (values[best] - self._plain_value())
+            return "keep" if best == j else "drop"
+        return "more"
+
+    # --- learning ---------------------------------------------------------------------------------------
+    def observe(self, drafts: int, accepted: int, committed: int) -> None:
+        """What the round's deep pass judged: corrects the calibration and the achieved rate."""
+        c = self.costs
+        if self._kind == "lookup":
+            self.lookup_outcomes.add(self._chances[:drafts], accepted)
+            time_ms = c.shallow_ms(1 + drafts) + c.deep_ms(1 + drafts)
+        elif self._kind == "adapter":
+            self.adapter_outcomes.add(self._chances[:drafts], accepted)
+            time_ms = c.shallow_ms(1) + (drafts + 1) * c.adapter + drafts * c.shallow_ms(1) + c.deep_ms(drafts + 1)
+        else:
+            time_ms = c.plain_ms
+        self.plain_streak = self.plain_streak + 1 if self._kind == "plain" else 0
+        self.tokens += committed
+        self.time_ms += time_ms
+        self._chances, self._kind = [], "plain"
