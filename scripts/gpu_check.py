@@ -475,9 +475,9 @@ def main(argv=None) -> int:
 
     if args.json is not None:
         writable_dir(args.json.parent, "--json")  # before any work: a long run never fails at its end
-    work = writable_dir(args.out, "--out") if args.out else Path(tempfile.mkdtemp(prefix="kangaroo-gpu-check."))
     model, fell_back, build_s = args.model, False, None
     if args.engine_dir is None:
+        work = writable_dir(args.out, "--out") if args.out else Path(tempfile.mkdtemp(prefix="kangaroo-gpu-check."))
         model, fell_back = resolve(args.model, work)
         engine_dir = work / "engine"
         build_s = build(model, engine_dir, args.precisions, args.max_seq_len)

@@ -69,3 +69,40 @@ def test_gpu_check_bad_input_is_one_error_line_before_any_work(tmp_path, bad, me
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [message.format(file=file)]
     assert not (tmp_path / "work").exists()  # nothing was built
+
+
+def test_a_divergence_is_reported_with_its_margin_and_fails_the_run(tiny_engine, tmp_path, monkeypatch):
+    """A planted fault that changes the first target of every multi-row deep pass (verify, lookup): the run reports
+    each prompt's divergence at output position 0 with AR's top-2 margin there, the check fails, and it exits 1."""
+    import importlib.util
+
+    from kangaroo_trt.runner.decode import Decoder
+
+    engine_dir = tiny_engine("llama-gqa-tied", max_seq_len=128)[0]  # built (and its export checked) before the fault
+    real_deep = Decoder._deep
+
+    def planted(self, hidden, start, pad=True):
+        targets, logits = real_deep(self, hidden, start, pad)
+        if pad and hidden.shape[1] > 1:  # a decoding step over several tokens (prefill passes pad=False)
+            targets = [(targets[0] + 1) % logits.shape[-1]] + targets[1:]
+        return targets, logits
+
+    monkeypatch.setattr(Decoder, "_deep", planted)
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, gpu_check)  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "out.json"
+    status = gpu_check.main(["--engine-dir", str(engine_dir),
+                             "--backends", "onnxruntime-cpu", "--precisions", "fp32", "--prompts", "2",
+                             "--max-new-tokens", "4", "--peer-prompts", "0", "--check-prompts", "1",
+                             "--check-new-tokens", "4", "--json", str(out)])
+    assert status == 1
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["equal"] is False and row["identical"] == 0 and len(row["divergences"]) == 2
+    for i, d in enumerate(row["divergences"]):
+        assert (d["prompt"], d["position"], d["ar_repeatable"]) == (i, 0, True)
+        assert d["margin"] > 0 and d["kangaroo_token"] != d["ar_token"]
+    deep = row["check"]["graphs"]["deep"]
+    assert not row["check"]["ok"] and deep["equal"] < deep["rows"] and row["check"]["graphs"]["shallow"]["equal"] > 0
+    assert "## Divergences" in (tmp_path / "report.md").read_text()
