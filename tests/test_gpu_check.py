@@ -88,6 +88,12 @@ def test_a_divergence_is_reported_with_its_margin_and_fails_the_run(tiny_engine,
         return targets, logits
 
     monkeypatch.setattr(Decoder, "_deep", planted)
+    # The paper's drafting rule verifies a draft in every round, so the first round already runs a multi-row pass
+    # (the cost policy may choose plain steps on a random adapter, and then nothing multi-row runs in 4 tokens).
+    from kangaroo_trt.runner.api import KangarooEngine
+
+    real_config = KangarooEngine.decode_config
+    monkeypatch.setattr(KangarooEngine, "decode_config", lambda self, *a, **k: real_config(self, *a, **{"policy": "tau", **k}))
     spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
     gpu_check = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, gpu_check)  # its dataclasses look their module up there

@@ -117,6 +117,10 @@ class Manifest:
     # None: an engine directory that predates it; the runner works it out from the graphs then.
     backends: dict[str, tuple[str, ...]] | None = None
 
+    def digest(self) -> str:
+        """sha256 of this manifest's content (the one loaded, whatever the directory holds now)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
     def exact_check(self, backend: str, precision: str) -> dict[str, Any] | None:
         """The export's exactness check of ``backend`` at ``precision``, if it ran there."""
         return (self.exactness or {}).get(precision, {}).get(backend)

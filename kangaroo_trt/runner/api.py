@@ -26,7 +26,7 @@ import numpy as np
 
 from ..chat import encode_chat, messages_of
 from ..config import MODES, DecodeConfig
-from ..contract.manifest import Manifest, inside, sha256
+from ..contract.manifest import Manifest, inside
 from ..contract.pin import open_pinned
 from ..errors import ConfigError, EngineDirError, InputError
 from ..runtimes import check_threads
@@ -150,7 +150,7 @@ class KangarooEngine:
         if self.decoder.costs is None or self.decoder.costs.rows < rows:
             from ..runtimes import thread_pool
 
-            key = f"{sha256(self.directory / 'manifest.json')[:16]}-{thread_pool()}-rows{self.decoder.rows}"
+            key = f"{self.manifest.digest()[:16]}-{thread_pool()}-rows{self.decoder.rows}"
             path = costs.cache_path(key, self.backend.name, self.precision, self.threads, rows)
             table = costs.load(path)
             if table is None:
