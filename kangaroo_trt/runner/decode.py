@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Callable
 
 import numpy as np
 
@@ -199,23 +200,36 @@ class Decoder:
         t = perf_counter()  # taken before the shallow pass, so that it counts as verify time, not as "other"
         return self._verify(state, self._shallow(state.context[-1:], state.p), [], t)
 
-    def kangaroo_round(self, state: State, gamma: int, tau: float, floor: float = 0.0) -> Round:
-        """Draft with double early exiting, verify in one deep pass, accept the longest matching prefix."""
+    def adapter_round(self, state: State, most: int, decide: Callable[[int, float], str]) -> Round:
+        """Draft with double early exiting, verify in one deep pass, accept the longest matching prefix.
+
+        After draft j (0-based) with its confidence, ``decide(j, confidence)`` says: "drop" it (verify the drafts
+        before it), "keep" it and stop drafting (the second early exit), or draft "more" (at most ``most`` drafts).
+        """
         t, p = perf_counter(), state.p
         # First early exit: layers[0:l] run once per token; their KV rows are kept, never recomputed.
-        exits = [self._shallow(state.context[-1:], p)]
-        drafts, confidence = [], 1.0
-        for j in range(gamma):
-            # Second early exit: stop once the previous draft's confidence fell below tau (it is still verified).
-            if j > 0 and confidence < tau:
-                break
+        exits, drafts = [self._shallow(state.context[-1:], p)], []
+        for j in range(most):
             pending = np.concatenate(state.unseen + exits[:1], axis=1) if j == 0 else exits[j]  # catch up first
             draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
-            if j == 0 and confidence < floor:  # not worth verifying: this round is a plain step
-                return self._verify(state, exits[0], [], t, adapter_read=1)
+            choice = decide(j, confidence)
+            if choice == "drop":  # the adapter read this round's exit states up to exits[j]
+                return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=j + 1)
             drafts.append(draft)
             exits.append(self._shallow([draft], p + j + 1))
+            if choice == "keep":
+                break
         return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
+
+    def kangaroo_round(self, state: State, gamma: int, tau: float, floor: float = 0.0) -> Round:
+        """The paper's rule: stop drafting after a draft less confident than tau (it is still verified); with a
+        ``floor``, a first draft less confident than it is dropped and the round is a plain step."""
+        def decide(j: int, confidence: float) -> str:
+            if j == 0 and confidence < floor:
+                return "drop"
+            return "keep" if confidence < tau else "more"
+
+        return self.adapter_round(state, gamma, decide)
 
     def policy_round(self, state: State, room: int, ngram: int, policy: DraftPolicy) -> Round:
         """A round whose drafts the cost policy chooses: copied ones, the adapter's (as many as pay), or none."""
@@ -224,19 +238,7 @@ class Decoder:
             return self.lookup_round(state, copied[:k])
         if room < 1 or not policy.start_adapter():
             return self.ar_step(state)
-        t, p = perf_counter(), state.p
-        exits, drafts = [self._shallow(state.context[-1:], p)], []
-        for j in range(room):
-            pending = np.concatenate(state.unseen + exits[:1], axis=1) if j == 0 else exits[j]  # catch up first
-            draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
-            choice = policy.after_draft(confidence, room)
-            if choice == "drop":  # the adapter read this round's exit states up to exits[j]
-                return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=j + 1)
-            drafts.append(draft)
-            exits.append(self._shallow([draft], p + j + 1))
-            if choice == "keep":
-                break
-        return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
+        return self.adapter_round(state, room, lambda _j, confidence: policy.after_draft(confidence, room))
 
     def draft_policy(self, config: DecodeConfig) -> DraftPolicy:
         """A new request's cost policy; measures the graph costs first if no table covers gamma + 1 rows."""
