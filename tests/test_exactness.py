@@ -166,3 +166,4 @@ def test_padded_rows_never_reach_the_cache_or_the_output(engine_dir):
         assert hidden.shape[1] == 2 and len(targets) == 2 and logits.shape[0] == 2
         for k, v in deep.caches.items():
             assert np.array_equal(np.array(v[:, :, 7:]), before[k][:, :, 1:]), k
+

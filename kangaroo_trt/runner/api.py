@@ -114,7 +114,7 @@ class KangarooEngine:
                               f"rebuild with --precision {precision}")
         if verify:
             manifest.verify_files(directory, (f"onnx/{precision}/", "tokenizer/"))
-        ref = EngineRef(directory, manifest, precision)
+        ref = EngineRef(directory, manifest, precision, verify)
         if exact:
             check_exact(ref, None)
         runtime = open_backend(backend, ref, threads)

@@ -53,6 +53,7 @@ class EngineRef:
     directory: Path
     manifest: Manifest
     precision: str
+    verify: bool = True  # check the sha256 of what a backend loads beyond the graphs (False: KangarooEngine.open's verify)
 
     def graphs(self) -> dict[str, tuple[Path | None, GraphSpec]]:
         """graph name -> (ONNX path, I/O contract); paths fenced inside the directory (``Manifest.artifact``; their
@@ -79,7 +80,7 @@ class EngineRef:
         except Exception as err:  # a moved local directory, or a bundled package that is not installed
             raise BackendError(f"the source model {self.manifest.source_model!r} the engine was built from is not "
                                f"available ({err}): install or restore it, or use another --backend") from err
-        if weights_digest(model_dir) != recorded:
+        if self.verify and weights_digest(model_dir) != recorded:
             raise EngineDirError(f"{model_dir} no longer holds the weights {self.directory} was built from (sha256 "
                                  "differs): restore that model or rebuild the engine directory")
         return model_dir

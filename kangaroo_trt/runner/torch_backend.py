@@ -184,7 +184,8 @@ def _rebuild_fp32(ref: EngineRef):
     if manifest.adapter_dir is None:
         raise EngineDirError(f"{ref.directory} does not store its adapter (built by an older kangaroo-trt): "
                              "rebuild it with kangaroo-export build to use the PyTorch backend")
-    manifest.verify_files(ref.directory, (manifest.adapter_dir + "/",))
+    if ref.verify:
+        manifest.verify_files(ref.directory, (manifest.adapter_dir + "/",))
     model_dir = ref.source_model_dir()
     modules = build_modules(model_dir, load_adapter(ref.directory / manifest.adapter_dir), manifest.exit_layer,
                             verify_rows=ref.graphs()["deep"][1].head_rows)  # as exported

@@ -135,7 +135,8 @@ class TensorRTBackend(Backend):
         self._engines, self._runners = {}, {}
         for name, (_, spec) in ref.graphs().items():
             # the bytes whose sha256 was checked; the rest of the directory is pinned by KangarooEngine.open
-            engine = self._runtime.deserialize_cuda_engine(fresh_plan(ref.directory, ref.manifest, ref.precision, name))
+            engine = self._runtime.deserialize_cuda_engine(fresh_plan(ref.directory, ref.manifest, ref.precision, name,
+                                                                            ref.verify))
             if engine is None:
                 raise EngineDirError(f"TensorRT cannot load the {name} plan of {ref.directory}: rebuild with "
                                      f"kangaroo-export engines --engine-dir {ref.directory}")
