@@ -95,6 +95,24 @@ def cache_buffers(spec: GraphSpec, zeros: Callable[[tuple[int, ...], str], Any])
     return {name: zeros(c.shape, c.dtype) for c in spec.caches for name in (c.past_key, c.past_value)}
 
 
+def pad_feeds(feeds: dict[str, np.ndarray], n: int, slots: int) -> dict[str, np.ndarray]:
+    """Token feeds padded along the token axis to ``n`` rows: the positions go on counting (up to the last of the
+    cache's ``slots``: the graph writes every row into its view of the cache), every other input repeats its last
+    row. The real rows' outputs do not depend on the padding: attention is causal by position, every other op is per
+    row. Exact mode pads decoding steps with it (``decode.py``; its steps never reach the last slots) and so do the
+    PyTorch backends' compiled steps (a call of theirs that ends there, in --no-exact mode or an adapter call, may
+    see a padded row in its last slot)."""
+    out = {}
+    for name, a in feeds.items():
+        extra = n - a.shape[1]
+        if name == "position_ids":
+            more = np.minimum(a[:, -1:] + np.arange(1, extra + 1, dtype=a.dtype), slots - 1)
+            out[name] = np.concatenate([a, more], axis=1)
+        else:
+            out[name] = np.concatenate([a, np.repeat(a[:, -1:], extra, axis=1)], axis=1)
+    return out
+
+
 class GraphRunner(ABC):
     caches: dict  # past name -> preallocated buffer [1, kv_heads, max_seq_len, head_dim], owned by the runner
 

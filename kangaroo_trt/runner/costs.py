@@ -55,6 +55,14 @@ class CostTable:
         """One adapter draft: the adapter row that proposes it and the shallow row that gives its exit state."""
         return self.adapter + self.shallow_ms(1)
 
+    def lookup_round_ms(self, drafts: int) -> float:
+        """A prompt-lookup round: one shallow pass over t_0 and its copied drafts, one deep pass over them."""
+        return self.shallow_ms(1 + drafts) + self.deep_ms(1 + drafts)
+
+    def adapter_round_ms(self, drafts: int, adapter_rows: int) -> float:
+        """An adapter round: t_0's shallow row, the adapter rows run, a shallow row per draft kept, the deep pass."""
+        return self.shallow_ms(1) + adapter_rows * self.adapter + drafts * self.shallow_ms(1) + self.deep_ms(drafts + 1)
+
     @property
     def plain_ms(self) -> float:
         """A plain decoding step: shallow then deep on one token."""

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import MODES, DecodeConfig
 from ..errors import InputError
-from .backend import Backend
+from .backend import Backend, pad_feeds
 from .costs import CostTable, measure
 from .lookup import lookup_drafts, lookup_match
 from .policy import Calibration, DraftPolicy
@@ -143,15 +143,16 @@ class Decoder:
         return self.shallow.max_seq_len - (self.rows - 1)
 
     # --- graph calls (each writes its cache rows at `start`) -------------------------------------------
-    def _padding(self, n: int, pad: bool) -> int:
-        """Rows of padding a call of ``n`` real rows gets (exact mode pads decoding steps to ``self.rows``)."""
-        return max(0, self.rows - n) if pad else 0
+    def _call(self, graph, feeds: dict[str, np.ndarray], start: int, pad: bool) -> dict[str, np.ndarray]:
+        """``graph.run`` on ``feeds``, padded to ``self.rows`` rows when ``pad`` (exact mode's decoding steps)."""
+        n = feeds["position_ids"].shape[1]
+        if pad and self.rows > n:
+            feeds = pad_feeds(feeds, self.rows, graph.max_seq_len)
+        return graph.run(feeds, start, rows=n)
 
     def _shallow(self, ids: list[int], start: int, pad: bool = True) -> np.ndarray:
-        extra = self._padding(len(ids), pad)
-        padded = ids + ids[-1:] * extra
-        out = self.shallow.run({"input_ids": np.array([padded], np.int64), "position_ids": positions(start, len(padded))},
-                               start, rows=len(ids))
+        out = self._call(self.shallow, {"input_ids": np.array([ids], np.int64), "position_ids": positions(start, len(ids))},
+                         start, pad)
         return out["hidden"][:, :len(ids)].copy()
 
     def _adapter(self, hidden: np.ndarray, start: int) -> tuple[int, float]:
@@ -163,9 +164,7 @@ class Decoder:
 
     def _deep(self, hidden: np.ndarray, start: int, pad: bool = True) -> tuple[list[int], np.ndarray]:
         n = hidden.shape[1]
-        if extra := self._padding(n, pad):
-            hidden = np.concatenate([hidden, np.repeat(hidden[:, -1:], extra, axis=1)], axis=1)
-        out = self.deep.run({"hidden": hidden, "position_ids": positions(start, hidden.shape[1])}, start, rows=n)
+        out = self._call(self.deep, {"hidden": hidden, "position_ids": positions(start, n)}, start, pad)
         return out["target_ids"][0, :n].tolist(), out["logits"][0, :n]
 
     # --- decoding ---------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ class DraftPolicy:
         """How many of ``available`` copied tokens (after an ``ngram``-token match) to verify; 0: none."""
         c, f = self.costs, self.lookup_outcomes.factor
         chances = [min(MAX_P, self.calibration.lookup_chance(ngram, i + 1) * f) for i in range(available)]
-        values = [self._value(chances[:k], c.shallow_ms(1 + k) + c.deep_ms(1 + k)) for k in range(available + 1)]
+        values = [self._value(chances[:k], c.lookup_round_ms(k)) for k in range(available + 1)]
         best = max(range(available + 1), key=values.__getitem__)
         if best and values[best] - values[0] > max(self.gain, 0.0):
             self._chances, self._kind = chances[:best], "lookup"
@@ -155,7 +155,7 @@ class DraftPolicy:
 
         def value(k: int) -> float:
             chances = known[:k] + [later] * (k - j)
-            return self._value(chances, c.shallow_ms(1) + max(k, j) * c.adapter + k * c.shallow_ms(1) + c.deep_ms(k + 1))
+            return self._value(chances, c.adapter_round_ms(k, max(k, j)))
 
         values = {k: value(k) for k in range(j - 1, room + 1)}
         best = max(values, key=values.__getitem__)
@@ -172,10 +172,10 @@ class DraftPolicy:
         c = self.costs
         if self._kind == "lookup":
             self.lookup_outcomes.add(self._chances[:drafts], accepted)
-            time_ms = c.shallow_ms(1 + drafts) + c.deep_ms(1 + drafts)
+            time_ms = c.lookup_round_ms(drafts)
         elif self._kind == "adapter":
             self.adapter_outcomes.add(self._chances[:drafts], accepted)
-            time_ms = c.shallow_ms(1) + (drafts + 1) * c.adapter + drafts * c.shallow_ms(1) + c.deep_ms(drafts + 1)
+            time_ms = c.adapter_round_ms(drafts, drafts + 1)
         else:
             time_ms = c.plain_ms
         self.plain_streak = self.plain_streak + 1 if self._kind == "plain" else 0

@@ -38,7 +38,7 @@ import numpy as np
 from ..contract.spec import FLOAT_DTYPES, GraphSpec
 from ..errors import BackendError, EngineDirError
 from ..runtimes import importable
-from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled
+from .backend import Backend, EngineRef, GraphRunner, cache_buffers, cuda_graphs_enabled, pad_feeds
 from .compiled import compile_enabled
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # the modules in any float dtype; int8 exists only as Q/DQ ONNX
@@ -146,23 +146,6 @@ class TorchGraphRunner(GraphRunner):
         self._graphs, self._inputs, self.module, self._compiled = {}, {}, None, None
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()  # hand the freed tensors back to the device
-
-
-def pad_feeds(feeds: dict[str, np.ndarray], n: int, slots: int) -> dict[str, np.ndarray]:
-    """Token feeds padded along the token axis to ``n`` rows: the positions go on counting (up to the last of the
-    cache's ``slots``: the graph writes every row into its view of the cache), every other input repeats its last
-    row (as exact mode pads, ``decode.py``). The real rows' outputs do not depend on the padding: attention is causal
-    by position, every other op is per row. (Exact mode's own padding never reaches the last slots; a call padded
-    here that ends there, in --no-exact mode or an adapter call, may see a padded row in its last slot.)"""
-    out = {}
-    for name, a in feeds.items():
-        extra = n - a.shape[1]
-        if name == "position_ids":
-            more = np.minimum(a[:, -1:] + np.arange(1, extra + 1, dtype=a.dtype), slots - 1)
-            out[name] = np.concatenate([a, more], axis=1)
-        else:
-            out[name] = np.concatenate([a, np.repeat(a[:, -1:], extra, axis=1)], axis=1)
-    return out
 
 
 def rebuild_modules(ref: EngineRef):
