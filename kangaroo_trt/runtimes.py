@@ -124,8 +124,9 @@ def thread_pool() -> str:
     return "per-session" if _pool_size is None else "shared"
 
 
-def ort_session(path: Path, threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    """An ONNX Runtime session with this project's settings (the measurements behind them: bench/results/README.md)."""
+def ort_session(path: Path, threads: int | None = None, providers: tuple = ("CPUExecutionProvider",)):
+    """An ONNX Runtime session with this project's settings (the measurements behind them: bench/results/README.md).
+    ``providers``: names, or (name, options) pairs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -290,7 +290,7 @@ def kernels_per_step(engine, variant: Variant, prompt: Prompt) -> dict | None:
     drafts = (ids * (gamma + 1))[:gamma]
     calls = {"ar_step": lambda: decoder.ar_step(state),
              "verify_step": lambda: decoder.lookup_round(state, drafts),  # shallow + deep over gamma + 1 tokens
-             "kangaroo_round": lambda: decoder.kangaroo_round(state, gamma, 0.0)}  # tau 0: gamma adapter drafts
+             "kangaroo_round": lambda: decoder.adapter_round(state, gamma)}  # gamma drafts, read once (as resident)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.cuda else [])
     out: dict = {"unit": "CUDA kernels" if variant.cuda else "top-level ATen ops"}
     for name, call in calls.items():
@@ -306,6 +306,19 @@ def kernels_per_step(engine, variant: Variant, prompt: Prompt) -> dict | None:
     return out
 
 
+def host_reads(engine, prompt: Prompt, max_new_tokens: int) -> dict | None:
+    """Device-to-host reads per round of one AR and one Kangaroo generation, and the largest read (elements); None
+    where they cannot be counted (the CuPy and ONNX Runtime backends: ``runner/readbacks.py``)."""
+    if not engine.backend.name.startswith("torch"):
+        return None
+    from kangaroo_trt.runner.readbacks import reads_per_round
+
+    config = engine.decode_config(max_new_tokens=max_new_tokens)
+    runs = {mode: reads_per_round(engine.decoder, list(prompt.ids), mode, config) for mode in ("ar", "kangaroo")}
+    return {**{mode: r["reads"] / r["rounds"] for mode, r in runs.items()},
+            "largest_read": max(r["largest_read"] for r in runs.values())}
+
+
 def run_row(engine_dir: Path, variant: Variant, precision: str, exact: bool, prompts: list[Prompt], args):
     """Open one backend / precision / mode, measure it, close it. Returns (row, check report, outputs)."""
     from kangaroo_trt.runner.api import KangarooEngine
@@ -319,6 +332,7 @@ def run_row(engine_dir: Path, variant: Variant, precision: str, exact: bool, pro
                "device": engine.backend.device, "padded_rows": engine.decoder.rows}
         measured, outputs = measure(engine, prompts, args.max_new_tokens)
         row.update(measured)
+        row["host_reads_per_round"] = host_reads(engine, prompts[0], args.max_new_tokens)
         try:
             row["kernels_per_step"] = None if args.no_kernels else kernels_per_step(engine, variant, prompts[0])
         except Exception as err:  # the profiler is a measurement aid: its failure is reported, not fatal
@@ -406,7 +420,8 @@ def markdown(results: dict, reports: list) -> str:
              f"{s['prompts']} chat prompts x {s['max_new_tokens']} new tokens (rows with CUDA graphs off: the first "
              f"{s['eager_prompts']}; CPU rows: the first {s['cpu_prompts']}), "
              f"gamma {s['gamma']}, tau {s['tau']}; ms/token is decode time per token (prefill excluded; with prefill "
-             "in brackets). Kernels: one AR step / one verify step / one Kangaroo round.", ""]
+             "in brackets). Kernels: one AR step / one verify step / one Kangaroo round. Host reads per round: device-to-host "
+             "reads of torch tensors per round, AR / Kangaroo (torch backends only).", ""]
     rows = []
     for r in results["rows"]:
         k = r.get("kernels_per_step") or {}
@@ -416,9 +431,10 @@ def markdown(results: dict, reports: list) -> str:
                      f"{fmt(r['kangaroo_ms_per_token'])} ({fmt(r['kangaroo_ms_per_token_with_prefill'])})",
                      fmt(r["kangaroo_speedup"]) + "x", fmt(r["tokens_per_deep_pass"]),
                      f"{r['identical']}/{r['n_prompts']}", "ok" if r["check"]["ok"] else "FAILED" if "error" not in r["check"] else "could not run",
-                     " / ".join(fmt(k.get(n), "d") for n in ("ar_step", "verify_step", "kangaroo_round")) if k else "-"])
+                     " / ".join(fmt(k.get(n), "d") for n in ("ar_step", "verify_step", "kangaroo_round")) if k else "-",
+                     f"{fmt(h['ar'])} / {fmt(h['kangaroo'])}" if (h := r.get("host_reads_per_round")) else "-"])
     lines += markdown_table(["backend", "precision", "mode", "AR ms/tok", "Kangaroo ms/tok", "speedup", "tok/deep pass",
-                             "Kangaroo == AR", "check", "kernels"], rows)
+                             "Kangaroo == AR", "check", "kernels", "host reads/round"], rows)
     divergences = [(r, d) for r in results["rows"] for d in r["divergences"]]
     if divergences:
         lines += ["", "## Divergences", ""]

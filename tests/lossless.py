@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from kangaroo_trt.runner.arrays import snapshot, to_host
 from kangaroo_trt.runner.equality import NEAR_TIE, compare_tokens, tie_margin
 
 
@@ -29,10 +30,10 @@ def assert_adapter_cache_in_step(decoder, committed: list[int], at_least: int) -
     adapter pass over the ``committed`` sequence gives: catches a dropped or misplaced catch-up of lagging states."""
     valid = decoder.state.adapter_length
     assert valid >= at_least, f"only {valid} adapter cache rows are valid: several rounds must have been committed"
-    kept = {name: buf[:, :, :valid].copy() for name, buf in decoder.adapter.caches.items()}
+    kept = {name: to_host(buf[:, :, :valid]) for name, buf in decoder.adapter.caches.items()}
     positions = np.arange(valid, dtype=np.int64)[None]
     hidden = decoder.shallow.run({"input_ids": np.array([committed[:valid]], np.int64), "position_ids": positions}, 0)["hidden"]
-    decoder.adapter.run({"hidden": hidden.copy(), "position_ids": positions}, 0)
+    decoder.adapter.run({"hidden": snapshot(hidden), "position_ids": positions}, 0)
     for name, rows in kept.items():
-        err = np.abs(rows - decoder.adapter.caches[name][:, :, :valid]).max()
+        err = np.abs(rows - to_host(decoder.adapter.caches[name][:, :, :valid])).max()
         assert err < 1e-4, f"adapter cache {name} differs from a fresh pass by {err:.2e}"

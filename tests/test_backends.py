@@ -14,7 +14,8 @@ from kangaroo_trt.contract.manifest import Manifest
 from kangaroo_trt.runner.api import KangarooEngine
 from kangaroo_trt.runner.backend import EngineRef
 from kangaroo_trt.runner.backends import AUTO_ORDER, BACKENDS, open_backend
-from kangaroo_trt.runner.backend import host, prefix_view
+from kangaroo_trt.runner.arrays import to_host
+from kangaroo_trt.runner.backend import prefix_view
 
 PROMPTS = ["the quick brown fox jumps", "def add(a, b):"]
 GRID = ((1, 0.0), (3, 0.0), (6, 0.6))  # (gamma, tau): one draft, full drafts, early exit by confidence
@@ -216,10 +217,10 @@ def test_cuda_backend_graphs_match_onnxruntime_cpu(engine_dir, name, precision):
     for n in (8, 1, 2, 5):
         feeds = {"input_ids": rng.integers(0, 300, (1, n)), "position_ids": np.arange(start, start + n)[None]}
         a = ref.graph("shallow").run(feeds, start)["hidden"].copy()
-        b = host(other.graph("shallow").run(feeds, start)["hidden"])
+        b = to_host(other.graph("shallow").run(feeds, start)["hidden"])
         np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=atol * 10, rtol=rtol * 10)
         deep = {"hidden": a, "position_ids": feeds["position_ids"]}
         la = ref.graph("deep").run(deep, start)["logits"].copy()
-        lb = host(other.graph("deep").run(deep, start)["logits"])
+        lb = to_host(other.graph("deep").run(deep, start)["logits"])
         np.testing.assert_allclose(lb, la, atol=atol * 10 + rtol * 10 * float(np.abs(la).max()))
         start += n

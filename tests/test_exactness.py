@@ -163,7 +163,7 @@ def test_padded_rows_never_reach_the_cache_or_the_output(engine_dir):
         before = {k: np.array(v[:, :, 6:]) for k, v in deep.caches.items()}
         hidden = decoder._shallow(ids[5:7], 5)
         targets, logits = decoder._deep(hidden, 5)
-        assert hidden.shape[1] == 2 and len(targets) == 2 and logits.shape[0] == 2
+        assert hidden.shape[1] == 2 and targets.shape[1] == 2 and logits.shape[0] == 2
         for k, v in deep.caches.items():
             assert np.array_equal(np.array(v[:, :, 7:]), before[k][:, :, 1:]), k
 

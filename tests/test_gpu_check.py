@@ -46,6 +46,9 @@ def test_gpu_check_rehearsal_on_cpu_writes_every_row_field(tiny_model, tmp_path)
     assert rows["onnxruntime-cpu"]["kernels_per_step"] is None  # torch.profiler cannot see inside ONNX Runtime
     ops = rows["torch-cpu"]["kernels_per_step"]
     assert ops["unit"] == "top-level ATen ops" and 0 < ops["ar_step"] < ops["kangaroo_round"]
+    assert rows["onnxruntime-cpu"]["host_reads_per_round"] is None
+    reads = rows["torch-cpu"]["host_reads_per_round"]  # device-resident rounds: one read each, never the logits
+    assert 0 < reads["ar"] <= 1 and 0 < reads["kangaroo"] <= 1 and reads["largest_read"] < 64
     peer = results["peer"]
     assert (peer["device"], peer["n_prompts"], [p["precision"] for p in peer["runs"]]) == ("cpu", 2, ["fp32"])
     assert peer["runs"][0]["tokens_per_s"] > 0 and peer["runs"][0]["same_tokens_as_ar"] in (0, 1, 2)
@@ -76,6 +79,7 @@ def test_a_divergence_is_reported_with_its_margin_and_fails_the_run(tiny_engine,
     each prompt's divergence at output position 0 with AR's top-2 margin there, the check fails, and it exits 1."""
     import importlib.util
 
+    from kangaroo_trt.runner.arrays import snapshot
     from kangaroo_trt.runner.decode import Decoder
 
     engine_dir = tiny_engine("llama-gqa-tied", max_seq_len=128)[0]  # built (and its export checked) before the fault
@@ -84,7 +88,8 @@ def test_a_divergence_is_reported_with_its_margin_and_fails_the_run(tiny_engine,
     def planted(self, hidden, start, pad=True):
         targets, logits = real_deep(self, hidden, start, pad)
         if pad and hidden.shape[1] > 1:  # a decoding step over several tokens (prefill passes pad=False)
-            targets = [(targets[0] + 1) % logits.shape[-1]] + targets[1:]
+            targets = snapshot(targets)
+            targets[0, 0] = (targets[0, 0] + 1) % logits.shape[-1]
         return targets, logits
 
     monkeypatch.setattr(Decoder, "_deep", planted)

@@ -152,7 +152,8 @@ def test_a_request_whose_confident_drafts_are_all_wrong_decays_to_plain_steps(ti
     def wrong(hidden, start):
         draft, _ = original(hidden, start)
         at = start + hidden.shape[1]  # the position the draft is for
-        return ((full[at] + 1) % vocab if at < len(full) else draft), 0.99
+        wrong_id = np.array([[(full[at] + 1) % vocab]]) if at < len(full) else draft
+        return wrong_id, np.array([[0.99]], np.float32)  # as the decoder's graph call returns them: [1, 1] arrays
 
     engine.decoder._adapter = wrong
     try:

@@ -128,14 +128,16 @@ class GraphSpec:
         return {t.name: {i: str(d) for i, d in enumerate(t.shape) if not isinstance(d, int)}
                 for t in (*self.inputs, *self.outputs) if not all(isinstance(d, int) for d in t.shape)}
 
-    def check_feeds(self, feeds: dict[str, np.ndarray], n: int) -> None:
-        """Refuse feeds whose names, dtypes or shapes differ from the contract (one line, names the tensor)."""
+    def check_feeds(self, feeds: dict, n: int) -> None:
+        """Refuse feeds whose names, dtypes or shapes differ from the contract (one line, names the tensor). Feeds are
+        numpy arrays, or arrays on a device (CuPy, torch) that an earlier graph call returned."""
         for t in self.token_inputs:
             if t.name not in feeds:
                 raise InputError(f"{self.name} graph: missing input {t.name!r}")
             a = feeds[t.name]
-            if a.dtype != np.dtype(t.dtype) or a.shape != t.concrete(n):
-                raise InputError(f"{self.name} graph: input {t.name!r} is {a.dtype}{list(a.shape)}, expected {t.dtype}{list(t.concrete(n))}")
+            dtype = str(a.dtype).removeprefix("torch.")  # torch.float32 -> float32; numpy and CuPy name it so already
+            if dtype != t.dtype or tuple(a.shape) != t.concrete(n):
+                raise InputError(f"{self.name} graph: input {t.name!r} is {dtype}{list(a.shape)}, expected {t.dtype}{list(t.concrete(n))}")
 
     def random_feeds(self, n: int, past_len: int, rng: np.random.Generator, vocab_size: int) -> dict[str, np.ndarray]:
         """Random but valid feeds: caches are random in every slot, so masking of stale slots is exercised."""

@@ -25,6 +25,7 @@ import numpy as np
 from ..contract.manifest import Manifest
 from ..contract.spec import GraphSpec
 from ..errors import BackendError, EngineDirError, InputError
+from .arrays import repeat_last
 
 
 def prefix_view(buffer, shape: tuple[int, ...]):
@@ -34,11 +35,6 @@ def prefix_view(buffer, shape: tuple[int, ...]):
     so the tensor addresses a CUDA graph captured stay fixed.
     """
     return buffer.ravel()[: int(np.prod(shape))].reshape(shape)
-
-
-def host(array) -> np.ndarray:
-    """A device (CuPy) array's contents on the host; numpy arrays as they are."""
-    return array.get() if hasattr(array, "get") else np.asarray(array)
 
 
 def cuda_graphs_enabled() -> bool:
@@ -95,13 +91,14 @@ def cache_buffers(spec: GraphSpec, zeros: Callable[[tuple[int, ...], str], Any])
     return {name: zeros(c.shape, c.dtype) for c in spec.caches for name in (c.past_key, c.past_value)}
 
 
-def pad_feeds(feeds: dict[str, np.ndarray], n: int, slots: int) -> dict[str, np.ndarray]:
+def pad_feeds(feeds: dict, n: int, slots: int) -> dict:
     """Token feeds padded along the token axis to ``n`` rows: the positions go on counting (up to the last of the
     cache's ``slots``: the graph writes every row into its view of the cache), every other input repeats its last
     row. The real rows' outputs do not depend on the padding: attention is causal by position, every other op is per
     row. Exact mode pads decoding steps with it (``decode.py``; its steps never reach the last slots) and so do the
     PyTorch backends' compiled steps (a call of theirs that ends there, in --no-exact mode or an adapter call, may
-    see a padded row in its last slot)."""
+    see a padded row in its last slot). Positions are host arrays; other feeds may be device arrays (``arrays.py``),
+    and are padded where they are."""
     out = {}
     for name, a in feeds.items():
         extra = n - a.shape[1]
@@ -109,7 +106,7 @@ def pad_feeds(feeds: dict[str, np.ndarray], n: int, slots: int) -> dict[str, np.
             more = np.minimum(a[:, -1:] + np.arange(1, extra + 1, dtype=a.dtype), slots - 1)
             out[name] = np.concatenate([a, more], axis=1)
         else:
-            out[name] = np.concatenate([a, np.repeat(a[:, -1:], extra, axis=1)], axis=1)
+            out[name] = repeat_last(a, extra)
     return out
 
 
@@ -167,6 +164,11 @@ class Backend(ABC):
     device: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")  # the precisions it can run
     needs_onnx: ClassVar[bool] = True  # runs the ONNX graphs (False: rebuilds the modules, as the PyTorch backends)
+    # True where outputs stay on a device and every host read of one waits for it (the CUDA backends; the PyTorch
+    # backends): the decoder then chains a round's drafts on the device and reads the round back once
+    # (``decode.py``). False where outputs are host arrays already (ONNX Runtime CPU): reading a draft's confidence
+    # costs nothing, so the drafting rule may decide after every draft.
+    resident: ClassVar[bool] = False
 
     @classmethod
     def can_run(cls, manifest: Manifest, precision: str) -> bool:

@@ -20,6 +20,8 @@ from time import perf_counter
 
 import numpy as np
 
+from .arrays import to_host
+
 REPEATS = 7  # timed calls per shape, interleaved across shapes so that load drifting shifts all of them alike
 QUANTILE = 25  # a low percentile of the repeats: the cost when the call had the cores (other load adds noise, not cost)
 SCHEMA = 1
@@ -94,9 +96,10 @@ def measure(decoder, rows: int, at: int = 64, repeats: int = REPEATS, backend: s
     A low percentile per shape, smoothed over the row count (``_smooth``)."""
     at = max(0, min(at, decoder.max_seq_len - rows - 1))
     hidden = decoder._shallow([0] * rows, at)  # exit states to feed the deep and adapter graphs
-    calls = {("deep", r): (lambda r=r: decoder._deep(hidden[:, :r], at)) for r in range(1, rows + 1)}
-    calls.update({("shallow", r): (lambda r=r: decoder._shallow([0] * r, at)) for r in range(1, rows + 1)})
-    calls[("adapter", 1)] = lambda: decoder._adapter(hidden[:, :1], at)
+    # Each timed call ends with a one-element read, which waits for a device backend's work to finish.
+    calls = {("deep", r): (lambda r=r: to_host(decoder._deep(hidden[:, :r], at)[0][:, :1])) for r in range(1, rows + 1)}
+    calls.update({("shallow", r): (lambda r=r: to_host(decoder._shallow([0] * r, at)[:, :1, :1])) for r in range(1, rows + 1)})
+    calls[("adapter", 1)] = lambda: to_host(decoder._adapter(hidden[:, :1], at)[0])
     for call in calls.values():
         call()
     times: dict = {key: [] for key in calls}

@@ -23,6 +23,15 @@ nothing: where the runtime's products are row-invariant already (measured by ``k
 free. Prefill is the same in both modes and is not padded; the adapter's drafts are proposals and need no
 exactness.
 
+Where the arrays live (``arrays.py``): graph outputs stay where the backend computed them (numpy on ONNX Runtime
+CPU, the device on the CUDA and PyTorch backends); exit states go from graph to graph there. On a device backend
+(``Backend.resident``) a greedy round reads back once: its drafts chain on the device (each draft is the next
+shallow call's input, never read in between), and the round's drafts and target ids cross to the host together,
+after its deep pass; full-vocabulary logits never do. How many drafts such a round proposes is decided before it
+starts (the cost policy's ``plan_adapter``, from the calibration and the request's acceptance so far). Rules that
+decide after each draft from its confidence (``--policy tau``, ``draft_floor``) keep their meaning everywhere and
+read each draft back where they run. On a host backend reads are free, and the cost policy decides per draft.
+
 The loop is a generator of rounds; ``Transcript`` collects them (tokens, acceptance, margins, stop reason),
 and timing and streaming live in the caller.
 """
@@ -37,6 +46,7 @@ import numpy as np
 
 from ..config import MODES, DecodeConfig
 from ..errors import InputError
+from .arrays import concat, snapshot, to_host, top2_margins
 from .backend import Backend, pad_feeds
 from .costs import CostTable, measure
 from .lookup import lookup_drafts, lookup_match
@@ -53,7 +63,7 @@ class Round:
     drafts: list[int] = field(default_factory=list)
     accepted: int = 0
     margins: list[float] = field(default_factory=list)  # target top-1 minus top-2 logit per committed token
-    exits: np.ndarray | None = None  # [1, 1 + len(drafts), hidden]: exit states of t_0 and the drafts
+    exits: object = None  # [1, 1 + len(drafts), hidden], the backend's array type: exit states of t_0 and the drafts
     adapter_read: int = 0  # how many of `exits` the adapter read this round (after the state's unseen ones)
 
 
@@ -67,7 +77,7 @@ class State:
     """
 
     context: list[int]
-    unseen: list[np.ndarray]
+    unseen: list  # the backend's arrays [1, k, hidden]
     gamma: int
     produced: int = 0
 
@@ -106,11 +116,6 @@ class Transcript:
         self.tokens, self.margins, self.stop = self.tokens[:n], self.margins[:n], stop
 
 
-def top2_margin(logits: np.ndarray) -> float:
-    top2 = np.partition(logits, -2)[-2:]
-    return float(top2[1] - top2[0])
-
-
 def next_gamma(gamma: int, step: Round, most: int) -> int:
     """Adaptive draft length: one more draft after a round that accepted all of its drafts, one fewer otherwise."""
     return min(most, gamma + 1) if step.accepted == len(step.drafts) else max(1, gamma - 1)
@@ -128,6 +133,7 @@ class Decoder:
         self.eos_ids = frozenset(eos_ids)
         self.prefill_chunk = prefill_chunk
         self.rows = rows
+        self.resident = backend.resident  # chain a round's drafts on the device, one readback per round
         self.timings = {"prefill": 0.0, "draft": 0.0, "verify": 0.0}
         self.record_margins = False
         self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
@@ -150,22 +156,28 @@ class Decoder:
             feeds = pad_feeds(feeds, self.rows, graph.max_seq_len)
         return graph.run(feeds, start, rows=n)
 
-    def _shallow(self, ids: list[int], start: int, pad: bool = True) -> np.ndarray:
-        out = self._call(self.shallow, {"input_ids": np.array([ids], np.int64), "position_ids": positions(start, len(ids))},
-                         start, pad)
-        return out["hidden"][:, :len(ids)].copy()
+    def _shallow(self, ids, start: int, pad: bool = True):
+        """Exit states [1, n, hidden] of ``ids``: token ids from the host (a list), or a draft still on the device."""
+        if isinstance(ids, list):
+            ids = np.array([ids], np.int64)
+        n = ids.shape[1]
+        out = self._call(self.shallow, {"input_ids": ids, "position_ids": positions(start, n)}, start, pad)
+        return snapshot(out["hidden"][:, :n])
 
-    def _adapter(self, hidden: np.ndarray, start: int) -> tuple[int, float]:
-        """The draft after the last of ``hidden``'s positions (a long catch-up runs in prefill-sized chunks)."""
+    def _adapter(self, hidden, start: int):
+        """The draft after the last of ``hidden``'s positions and its confidence, [1, 1] arrays where the backend
+        keeps them (a long catch-up runs in prefill-sized chunks)."""
         for i in range(0, hidden.shape[1], self.prefill_chunk):
             rows = hidden[:, i:i + self.prefill_chunk]
             out = self.adapter.run({"hidden": rows, "position_ids": positions(start + i, rows.shape[1])}, start + i)
-        return int(out["draft_ids"][0, -1]), float(out["draft_confidence"][0, -1])
+        return snapshot(out["draft_ids"][:, -1:]), snapshot(out["draft_confidence"][:, -1:])
 
-    def _deep(self, hidden: np.ndarray, start: int, pad: bool = True) -> tuple[list[int], np.ndarray]:
+    def _deep(self, hidden, start: int, pad: bool = True):
+        """Target ids [1, n] and logits [n, vocab] after each of ``hidden``'s positions, where the backend keeps them
+        (valid until the next deep call of this row count)."""
         n = hidden.shape[1]
         out = self._call(self.deep, {"hidden": hidden, "position_ids": positions(start, n)}, start, pad)
-        return out["target_ids"][0, :n].tolist(), out["logits"][0, :n]
+        return out["target_ids"][:, :n], out["logits"][0, :n]
 
     # --- decoding ---------------------------------------------------------------------------------------
     def prefill(self, prompt_ids: list[int], with_adapter: bool, gamma: int) -> State:
@@ -199,26 +211,28 @@ class Decoder:
         t = perf_counter()  # taken before the shallow pass, so that it counts as verify time, not as "other"
         return self._verify(state, self._shallow(state.context[-1:], state.p), [], t)
 
-    def adapter_round(self, state: State, most: int, decide: Callable[[int, float], str]) -> Round:
+    def adapter_round(self, state: State, most: int, decide: Callable[[int, float], str] | None = None) -> Round:
         """Draft with double early exiting, verify in one deep pass, accept the longest matching prefix.
 
         After draft j (0-based) with its confidence, ``decide(j, confidence)`` says: "drop" it (verify the drafts
         before it), "keep" it and stop drafting (the second early exit), or draft "more" (at most ``most`` drafts).
+        Without ``decide`` the round drafts ``most`` and reads none of them before the deep pass: the drafts chain
+        where the backend keeps them (a device round: one readback, in ``_verify``).
         """
         t, p = perf_counter(), state.p
         # First early exit: layers[0:l] run once per token; their KV rows are kept, never recomputed.
         exits, drafts = [self._shallow(state.context[-1:], p)], []
         for j in range(most):
-            pending = np.concatenate(state.unseen + exits[:1], axis=1) if j == 0 else exits[j]  # catch up first
+            pending = concat(state.unseen + exits[:1]) if j == 0 else exits[j]  # catch up first
             draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
-            choice = decide(j, confidence)
+            choice = "more" if decide is None else decide(j, float(confidence[0, 0]))
             if choice == "drop":  # the adapter read this round's exit states up to exits[j]
-                return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=j + 1)
-            drafts.append(draft)
-            exits.append(self._shallow([draft], p + j + 1))
+                return self._verify(state, concat(exits), drafts, t, adapter_read=j + 1)
+            drafts.append(draft if decide is None else int(draft[0, 0]))  # unread: it crosses with the targets
+            exits.append(self._shallow(draft, p + j + 1))  # the draft as the next input, where it is
             if choice == "keep":
                 break
-        return self._verify(state, np.concatenate(exits, axis=1), drafts, t, adapter_read=len(drafts))
+        return self._verify(state, concat(exits), drafts, t, adapter_read=len(drafts))
 
     def kangaroo_round(self, state: State, gamma: int, tau: float, floor: float = 0.0) -> Round:
         """The paper's rule: stop drafting after a draft less confident than tau (it is still verified); with a
@@ -237,6 +251,9 @@ class Decoder:
             return self.lookup_round(state, copied[:k])
         if room < 1 or not policy.start_adapter():
             return self.ar_step(state)
+        if self.resident:  # decided before the round: reading each draft's confidence would wait for the device
+            k = policy.plan_adapter(room)
+            return self.adapter_round(state, k) if k else self.ar_step(state)
         return self.adapter_round(state, room, lambda _j, confidence: policy.after_draft(confidence, room))
 
     def draft_policy(self, config: DecodeConfig) -> DraftPolicy:
@@ -250,10 +267,11 @@ class Decoder:
         t = perf_counter()
         return self._verify(state, self._shallow(state.context[-1:] + drafts, state.p), drafts, t)
 
-    def _verify(self, state: State, exits: np.ndarray, drafts: list[int], t_start: float, adapter_read: int = 0) -> Round:
+    def _verify(self, state: State, exits, drafts: list, t_start: float, adapter_read: int = 0) -> Round:
         # Verify: one deep pass over [f_0 .. f_k] gives the target token y_i after each position.
         t = perf_counter()
         targets, logits = self._deep(exits, state.p)
+        drafts, targets = read_back(drafts, targets)
         # Accept the longest prefix with d_{i+1} == y_i, plus one target token (correction or bonus);
         # when sampling, the speculative-sampling rule instead (verify.py).
         accepted, target = self.rule.verify(drafts, targets, logits)
@@ -322,8 +340,18 @@ class Decoder:
             return tokens[:remaining], "max_new_tokens"
         return tokens, None
 
-    def _margins(self, logits: np.ndarray, count: int) -> list[float]:
-        return [top2_margin(logits[i]) for i in range(count)] if self.record_margins else []
+    def _margins(self, logits, count: int) -> list[float]:
+        """Top-1 minus top-2 logit of the first ``count`` rows (computed on the device: only the margins cross)."""
+        return top2_margins(logits[:count]).tolist() if self.record_margins else []
+
+
+def read_back(drafts: list, targets) -> tuple[list[int], list[int]]:
+    """A round's drafts and target ids as host lists: the round's one device-to-host copy. Drafts are host ints
+    (a rule read them as they came) or still-unread [1, 1] arrays of a device round, which cross with the targets."""
+    if drafts and not isinstance(drafts[0], int):
+        both = to_host(concat([*drafts, targets]))[0].tolist()
+        return both[:len(drafts)], both[len(drafts):]
+    return drafts, to_host(targets)[0].tolist()
 
 
 def positions(start: int, n: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DecodeConfig
+from .arrays import to_host
 from .equality import compare_tokens
 
 # The graphs' outputs compared, in report order.
@@ -107,33 +108,37 @@ def check_rows(decoder, prompt_ids: list[int], fills: tuple[int, ...], max_rows:
         decoder.prefill(prefix, with_adapter=False, gamma=1)
         one_hidden, one_logits, one_targets = [], [], []
         for i, token in enumerate(tokens):
-            hidden = decoder._shallow([token], p + i)
-            targets, logits = decoder._deep(hidden, p + i)
+            hidden, (targets, logits) = one_step(decoder, [token], p + i)
             one_hidden.append(hidden[0])
-            one_logits.append(np.array(logits, copy=True))
-            one_targets.append(targets)
+            one_logits.append(logits)
+            one_targets.append(targets[0])
         one_cache = _cache_rows(decoder, p, len(tokens))
         hidden_1, logits_1 = np.concatenate(one_hidden), np.concatenate(one_logits)
         for n in range(2, len(tokens) + 1):
-            hidden = decoder._shallow(tokens[:n], p)  # slots >= p are stale: this call's rows replace them
-            targets, logits = decoder._deep(hidden, p)
+            hidden, (targets, logits) = one_step(decoder, tokens[:n], p)  # slots >= p are stale: these rows replace them
             report.graphs["shallow"].add(hidden[0], hidden_1[:n])
-            report.graphs["deep"].add(np.asarray(logits), logits_1[:n])
-            report.graphs["deep"].add(np.array(targets)[:, None], np.array(one_targets[:n]))
+            report.graphs["deep"].add(logits, logits_1[:n])
+            report.graphs["deep"].add(targets[0][:, None], np.array(one_targets[:n]))
             cache = _cache_rows(decoder, p, n)
             for name, rows in cache.items():
                 report.graphs["cache"].add(rows, one_cache[name][:n])
 
 
+def one_step(decoder, tokens: list[int], p: int):
+    """A decoding step's shallow and deep calls on ``tokens`` at ``p``: exit states, then target ids and logits, as
+    host arrays."""
+    hidden = decoder._shallow(tokens, p)
+    targets, logits = decoder._deep(hidden, p)
+    return to_host(hidden), (to_host(targets), to_host(logits))
+
+
 def _cache_rows(decoder, start: int, n: int) -> dict[str, np.ndarray]:
     """Slots ``start .. start + n`` of every shallow and deep cache buffer, as host arrays [n, kv_heads * head_dim]."""
-    from .backend import host
-
     out = {}
     for graph in (decoder.shallow, decoder.deep):
         for name, buffer in graph.caches.items():
             rows = buffer[:, :, start:start + n]
-            rows = rows.float().cpu().numpy() if hasattr(rows, "cpu") else host(rows)  # bf16 -> fp32 is exact
+            rows = to_host(rows)  # bf16 arrives as fp32, which is exact
             out[f"{graph.spec.name}/{name}"] = np.ascontiguousarray(np.moveaxis(rows[0], 1, 0)).reshape(n, -1)
     return out
 

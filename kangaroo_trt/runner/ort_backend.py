@@ -7,9 +7,12 @@ outputs, and nothing is rebound per call.
 CUDA (``onnxruntime-gpu``; status: the README's backend table): the same design with
 CuPy device buffers bound as ``"cuda"`` memory. Token inputs and outputs live in buffers of the largest
 ``n`` (the contiguous prefix is bound for a call), the new cache rows are copied device to device, and
-outputs are returned as CuPy arrays (see ``trt_backend.py``: exit states never leave the device; only
-the accept/reject ids are read back). ONNX Runtime runs on its own CUDA stream, so the runner synchronizes
-CuPy's stream before each run; ``run_with_iobinding`` returns once its outputs are ready.
+outputs are returned as CuPy arrays (``resident``: exit states and drafts never leave the device; a greedy
+round reads back once, ``decode.py``). ONNX Runtime runs its kernels on the backend's CuPy stream
+(``user_compute_stream``), where the runner's copies run too, so no call waits for another: the run option
+``disable_synchronize_execution_providers`` keeps ``run_with_iobinding`` from waiting for its own outputs, and
+the round's one readback waits for everything. Not run yet (no onnxruntime-gpu on the machines this was written
+on); ORT's own CUDA graphs (``enable_cuda_graph``) are not used.
 """
 
 from __future__ import annotations
@@ -85,38 +88,44 @@ class OrtCpuBackend(Backend):
 
 
 class OrtCudaGraphRunner(GraphRunner):
-    def __init__(self, session, spec: GraphSpec, max_n: int) -> None:
+    def __init__(self, session, spec: GraphSpec, max_n: int, stream) -> None:
+        """``stream``: the CuPy stream the session computes on (its ``user_compute_stream``)."""
+        import onnxruntime as ort
+
         cp = self._cp = import_cupy()
         super().__init__(spec)
-        self._session = session
+        self._session, self._stream = session, stream
         self._binding = session.io_binding()
-        self.caches = cache_buffers(spec, cp.zeros)  # on the device, bound once
+        self._options = ort.RunOptions()
+        self._options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        with stream:
+            self.caches = cache_buffers(spec, cp.zeros)  # on the device, bound once
+            self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype) for t in (*spec.token_inputs, *spec.outputs)}
         for name, buffer in self.caches.items():
             self._bind(name, buffer, output=False)
-        self._buffers = {t.name: cp.empty(t.concrete(max_n), dtype=t.dtype) for t in (*spec.token_inputs, *spec.outputs)}
 
     def _bind(self, name: str, array, output: bool) -> None:
         bind = self._binding.bind_output if output else self._binding.bind_input
         bind(name, "cuda", 0, np.dtype(array.dtype), list(array.shape), array.data.ptr)
 
     def _run(self, feeds, start, n, rows):
-        cp = self._cp
         views = self._views(self._buffers, n)
-        for t in self.spec.token_inputs:
-            src = feeds[t.name]
-            if isinstance(src, np.ndarray):
-                views[t.name].set(np.ascontiguousarray(src))
-            else:
-                views[t.name][...] = src
-            self._bind(t.name, views[t.name], output=False)
-        for t in self.spec.outputs:
-            self._bind(t.name, views[t.name], output=True)
-        cp.cuda.get_current_stream().synchronize()  # ORT's stream does not wait for CuPy's
-        self._session.run_with_iobinding(self._binding)
-        self._write_rows(views, start, rows)  # device to device
+        with self._stream:  # the session's compute stream: feeds, run and cache writes in order, nobody waits
+            for t in self.spec.token_inputs:
+                src = feeds[t.name]
+                if isinstance(src, np.ndarray):
+                    views[t.name].set(np.ascontiguousarray(src), stream=self._stream)
+                else:
+                    views[t.name][...] = src
+                self._bind(t.name, views[t.name], output=False)
+            for t in self.spec.outputs:
+                self._bind(t.name, views[t.name], output=True)
+            self._session.run_with_iobinding(self._binding, self._options)
+            self._write_rows(views, start, rows)  # device to device
         return {t.name: views[t.name] for t in self.spec.token_outputs}
 
     def close(self) -> None:
+        self._stream.synchronize()
         super().close()
         self._buffers, self._binding, self._session = {}, None, None
         self._cp.get_default_memory_pool().free_all_blocks()  # hand the freed buffers back to the device
@@ -125,6 +134,7 @@ class OrtCudaGraphRunner(GraphRunner):
 class OrtCudaBackend(Backend):
     name = "onnxruntime-cuda"
     device = "cuda"
+    resident = True
     install = "pip install onnxruntime-gpu cupy-cuda13x (NVIDIA GPU, CUDA 13)"
 
     @classmethod
@@ -145,8 +155,10 @@ class OrtCudaBackend(Backend):
         """``max_n``: the largest number of new tokens any call makes (its token buffers are that size)."""
         if not self.available():
             raise BackendError(f"ONNX Runtime CUDA is not available here: {self.install}")
+        self.stream = import_cupy().cuda.Stream(non_blocking=False)  # not the legacy default: ORT refuses stream 0
+        cuda = ("CUDAExecutionProvider", {"user_compute_stream": str(self.stream.ptr)})
         self._runners = {}
         for name, (path, spec) in graphs.items():
-            session = ort_session(path, threads, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
-            self._runners[name] = OrtCudaGraphRunner(session, spec, max_n)
+            session = ort_session(path, threads, providers=(cuda, "CPUExecutionProvider"))
+            self._runners[name] = OrtCudaGraphRunner(session, spec, max_n, self.stream)
 

@@ -166,6 +166,17 @@ class DraftPolicy:
             return "keep" if best == j else "drop"
         return "more"
 
+    def plan_adapter(self, room: int) -> int:
+        """How many adapter drafts (at most ``room``; 0: a plain step) a round drafts without reading them as they
+        come (a device backend's round, ``Decoder.policy_round``): every draft counts as likely as the calibration's
+        mean, corrected by this request's outcomes. Call after ``start_adapter``."""
+        later = min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
+        values = [self._value([later] * k, self.costs.adapter_round_ms(k, k)) for k in range(room + 1)]
+        best = max(range(room + 1), key=values.__getitem__)
+        self.gain = (1 - GAIN_EMA) * self.gain + GAIN_EMA * (values[best] - self._plain_value())
+        self._chances, self._kind = ([later] * best, "adapter") if best else ([], "plain")
+        return best
+
     # --- learning ---------------------------------------------------------------------------------------
     def observe(self, drafts: int, accepted: int, committed: int) -> None:
         """What the round's deep pass judged: corrects the calibration and the achieved rate."""

@@ -24,8 +24,11 @@ cache write, compiled at open, with the real row count in a device buffer; on CU
 captured (key ``(max_verify, 0)``). Larger calls (prefill chunks) run the plain modules as above. Tested on CPU
 (``tests/test_compiled.py``); on CUDA it has not run.
 
-Returned arrays are numpy copies of the token outputs (on CUDA one small device-to-host copy per call,
-which is also the call's synchronization). Verified on CPU (tests/test_backends.py: the same code path,
+Returned arrays are the token outputs as torch tensors on the runner's device (bf16 ones widened to float32):
+nothing is copied to the host, and a call does not wait for the device. Host feeds go in through pinned memory
+without a wait (position ids, prompt tokens); device feeds (an earlier graph's output) are copied device to device.
+The decoder reads back only what it decides on (``arrays.to_host``): one small copy per round in greedy decoding
+(``Backend.resident``, ``decode.py``). Verified on CPU (tests/test_backends.py: the same code path,
 minus capture). The CUDA path, capture included, runs only in the GPU-marked tests (scripts/gpu_check.sh);
 status: the README's backend table.
 """
@@ -116,7 +119,7 @@ class TorchGraphRunner(GraphRunner):
         else:
             key, step = (n, rows), lambda: self._step(n, rows)
         for name, view in self._views(self._inputs, n).items():
-            view.copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])))
+            self._feed(view, feeds[name])
         with torch.no_grad():
             if key in self._graphs:
                 graph, outputs = self._graphs[key]
@@ -126,8 +129,21 @@ class TorchGraphRunner(GraphRunner):
             else:
                 outputs = step()
         shapes = {t.name: t.concrete(real) for t in self.spec.token_outputs}  # a padded call's real rows come first
-        return {name: outputs[name][tuple(slice(0, s) for s in shapes[name])].to(dtype).cpu().numpy()
+        return {name: outputs[name][tuple(slice(0, s) for s in shapes[name])].to(dtype)
                 for name, dtype in self._out_dtypes.items()}
+
+    def _feed(self, view, src) -> None:
+        """Copy one feed into its bound input buffer: a tensor device to device, a host array through pinned memory
+        (on CUDA, asynchronously: the copy is ordered on the stream and the host does not wait)."""
+        torch = self._torch
+        if isinstance(src, torch.Tensor):
+            view.copy_(src)
+            return
+        src = torch.from_numpy(np.ascontiguousarray(src))
+        if self.device.type == "cuda":
+            view.copy_(src.pin_memory(), non_blocking=True)
+        else:
+            view.copy_(src)
 
     def warm_up(self) -> None:
         """Compile (and on CUDA capture) the compiled step now, at open, rather than in the first generation: one
@@ -180,6 +196,7 @@ def _rebuild_fp32(ref: EngineRef):
 class _TorchBackend(Backend):
     precisions = TORCH_PRECISIONS
     needs_onnx = False
+    resident = True  # torch-cpu runs the same one-readback rounds as torch-cuda: it is their reference
 
     @classmethod
     def open(cls, engine: EngineRef, threads: int | None = None) -> "_TorchBackend":

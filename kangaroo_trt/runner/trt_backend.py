@@ -17,10 +17,11 @@ Per graph (``TrtGraphRunner``):
   calls with that n replay it. Positions and the cache length are data (``position_ids``), so one graph
   serves every ``start``. Prefill chunks (one-off lengths) are never captured.
 
-Host round trips: outputs are returned as CuPy arrays, which the decoding loop handles through the numpy
-API (``np.concatenate`` dispatches to CuPy; exit states stay on the device). Only the loop's
-accept/reject decision reads ids back (``int()`` / ``.tolist()`` on ``draft_ids`` / ``target_ids``).
-The stream is a blocking one, so those reads (on the legacy default stream) wait for its work.
+Host round trips: outputs are returned as CuPy arrays and stay on the device (``runner/arrays.py``: exit states,
+drafts and targets go from graph to graph there; a draft is the next shallow call's input). The backend is
+``resident``: a greedy round reads back once, its drafts and target ids together after the deep pass
+(``decode.py``); logits never cross. The stream is a blocking one, so that read (on the legacy default stream)
+waits for its work. Host feeds (position ids, the round's first token) are small synchronous copies.
 
 Ownership: returned arrays are views of the runner's output buffers, valid until its next call.
 """
@@ -101,6 +102,7 @@ class TrtGraphRunner(GraphRunner):
 class TensorRTBackend(Backend):
     name = "tensorrt"
     device = "cuda"
+    resident = True
     install: ClassVar[str] = "pip install tensorrt-cu13 cupy-cuda13x (NVIDIA GPU), then kangaroo-export engines --engine-dir DIR"
 
     @classmethod

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DecodeConfig
-from .backend import host
+from .arrays import to_host
 
 
 def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
@@ -45,7 +45,7 @@ class Sampling:
 
     def distribution(self, logits) -> np.ndarray:
         """p over the vocabulary (float64): softmax(logits / temperature), then top-k, then the top-p nucleus."""
-        z = host(logits).astype(np.float64) / self.temperature
+        z = to_host(logits).astype(np.float64) / self.temperature
         if 0 < self.top_k < z.size:
             z[z < np.partition(z, -self.top_k)[-self.top_k]] = -np.inf
         p = np.exp(z - z.max())
