@@ -2,7 +2,8 @@
 
 * ``ModelSpec``: the target model's geometry, read once from a Hugging Face config.
 * ``AdapterSpec``: the Kangaroo adapter's attention geometry (one attention block, two RMSNorms).
-* ``DecodeConfig``: gamma (max drafts per round) and tau (early-exit confidence threshold).
+* ``DecodeConfig``: one generation's decoding settings: the mode (Kangaroo or plain AR), gamma (max drafts per round),
+  tau (early-exit confidence threshold), the token budget, sampling and drafting knobs.
 * ``ExportConfig``: exit layer, KV-cache capacity and precisions of an engine directory.
 
 All are frozen dataclasses that round-trip through plain dicts (the manifest stores them).
@@ -232,7 +233,8 @@ class AdapterSpec:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Kangaroo decoding knobs. gamma: max drafts per round; tau: stop drafting below this confidence.
+    """One generation's decoding settings. mode: "kangaroo", or "ar" (plain decoding on the same graphs, the
+    baseline); gamma: max drafts per round; tau: stop drafting below this confidence.
 
     temperature 0 (the default) is greedy decoding, token for token equal to plain greedy decoding; above 0,
     tokens are sampled from the target's logits / temperature, restricted to the top_k (0: all) tokens and
@@ -259,8 +261,11 @@ class DecodeConfig:
     # and draft_floor are not used. "tau": the paper's rule (draft until a confidence falls below tau), with
     # adaptive_gamma and draft_floor.
     policy: str = "cost"
+    mode: str = MODES[0]  # one of MODES
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.gamma, int) or self.gamma < 1:
             raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}: it is the max number of drafts per round")
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0.0 <= self.tau <= 1.0:

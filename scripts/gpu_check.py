@@ -226,17 +226,16 @@ def measure(engine, prompts: list[Prompt], max_new_tokens: int) -> tuple[dict, d
     """Timed AR and Kangaroo generations (warm-up first; the starting mode alternates) and their comparison."""
     from kangaroo_trt.runner.equality import compare_outputs
 
-    config = engine.decode_config(max_new_tokens=max_new_tokens)
-    warm = engine.decode_config(max_new_tokens=min(max_new_tokens, 64))
+    config = {m: engine.decode_config(mode=m, max_new_tokens=max_new_tokens) for m in ("ar", "kangaroo")}
     for mode in ("ar", "kangaroo"):
-        engine.generate(prompt_ids=list(prompts[0].ids), mode=mode, config=warm)
+        engine.generate(prompt_ids=list(prompts[0].ids), config=engine.decode_config(mode=mode, max_new_tokens=min(max_new_tokens, 64)))
     totals = {m: {"s": 0.0, "prefill_s": 0.0, "tokens": 0, "passes": 0} for m in ("ar", "kangaroo")}
     outputs: dict[str, list[list[int]]] = {"ar": [], "kangaroo": []}
     divergences = []
     for i, prompt in enumerate(prompts):
         results = {}
         for mode in (("ar", "kangaroo") if i % 2 == 0 else ("kangaroo", "ar")):
-            results[mode] = r = engine.generate(prompt_ids=list(prompt.ids), mode=mode, config=config)
+            results[mode] = r = engine.generate(prompt_ids=list(prompt.ids), config=config[mode])
             t = totals[mode]
             t["s"] += r.stats.total_s
             t["prefill_s"] += r.stats.prefill_s
@@ -245,7 +244,7 @@ def measure(engine, prompts: list[Prompt], max_new_tokens: int) -> tuple[dict, d
         for mode in outputs:
             outputs[mode].append(results[mode].output_ids)
         if results["ar"].output_ids != results["kangaroo"].output_ids:
-            again = engine.generate(prompt_ids=list(prompt.ids), mode="ar", config=config, record_margins=True)
+            again = engine.generate(prompt_ids=list(prompt.ids), config=config["ar"], record_margins=True)
             eq = compare_outputs(results["kangaroo"], again)
             divergences.append({"prompt": i, "source": prompt.source, "text": prompt.text[:120], "position": eq.position,
                                 "margin": eq.margin, "kangaroo_token": eq.kangaroo_token, "ar_token": eq.ar_token,
@@ -313,8 +312,9 @@ def host_reads(engine, prompt: Prompt, max_new_tokens: int) -> dict | None:
         return None
     from kangaroo_trt.runner.readbacks import reads_per_round
 
-    config = engine.decode_config(max_new_tokens=max_new_tokens)
-    runs = {mode: reads_per_round(engine.decoder, list(prompt.ids), mode, config) for mode in ("ar", "kangaroo")}
+    runs = {mode: reads_per_round(engine.decoder, list(prompt.ids), engine.decode_config(max_new_tokens=max_new_tokens,
+                                                                                         mode=mode))
+            for mode in ("ar", "kangaroo")}
     return {**{mode: r["reads"] / r["rounds"] for mode, r in runs.items()},
             "largest_read": max(r["largest_read"] for r in runs.values())}
 

@@ -25,10 +25,11 @@ class NearTies:
             self.cases.append(f"{label}: {verdict.describe()}")
 
 
-def assert_adapter_cache_in_step(decoder, committed: list[int], at_least: int) -> None:
-    """Each valid row of the adapter's cache (at least ``at_least`` of them) must hold the key and value that one
-    adapter pass over the ``committed`` sequence gives: catches a dropped or misplaced catch-up of lagging states."""
-    valid = decoder.state.adapter_length
+def assert_adapter_cache_in_step(decoder, state, committed: list[int], at_least: int) -> None:
+    """Each valid row of the adapter's cache (at least ``at_least`` of them; ``state``: the generation's, after its
+    last round) must hold the key and value that one adapter pass over the ``committed`` sequence gives: catches a
+    dropped or misplaced catch-up of lagging states."""
+    valid = state.adapter_length
     assert valid >= at_least, f"only {valid} adapter cache rows are valid: several rounds must have been committed"
     kept = {name: to_host(buf[:, :, :valid]) for name, buf in decoder.adapter.caches.items()}
     positions = np.arange(valid, dtype=np.int64)[None]

@@ -46,9 +46,9 @@ def _graphs(directory, precision):
 def _lossless(engine: KangarooEngine, grid=GRID) -> list[list[int]]:
     outputs = []
     for prompt in PROMPTS:
-        ar = engine.generate(prompt, mode="ar", config=engine.decode_config(max_new_tokens=16))
+        ar = engine.generate(prompt, config=engine.decode_config(mode="ar", max_new_tokens=16))
         for gamma, tau in grid:
-            k = engine.generate(prompt, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=16))
+            k = engine.generate(prompt, config=engine.decode_config(mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=16))
             assert k.output_ids == ar.output_ids, (engine.backend.name, engine.precision, prompt, gamma, tau)
         outputs.append(ar.output_ids)
     return outputs
@@ -58,7 +58,7 @@ def test_torch_cpu_kangaroo_equals_ar_and_matches_onnxruntime(engine_dir):
     engine = KangarooEngine.open(engine_dir, backend="torch-cpu", precision="fp32", threads=1)
     torch_out = _lossless(engine)
     ort = KangarooEngine.open(engine_dir, backend="onnxruntime-cpu", precision="fp32", threads=1)
-    assert torch_out == [ort.generate(p, mode="ar", config=ort.decode_config(max_new_tokens=16)).output_ids for p in PROMPTS]
+    assert torch_out == [ort.generate(p, config=ort.decode_config(mode="ar", max_new_tokens=16)).output_ids for p in PROMPTS]
     stats = engine.generate(PROMPTS[0], config=engine.decode_config(max_new_tokens=4)).stats.to_dict()
     assert stats["backend"] == "torch-cpu" and stats["precision"] == "fp32"
 

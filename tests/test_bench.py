@@ -44,7 +44,7 @@ def questions_file(tmp_path):
 
 
 def _pair(engine, prompt=PROMPT, max_new_tokens=12):
-    return tuple(engine.generate(prompt, mode=m, record_margins=True, config=engine.decode_config(gamma=3, tau=0.0, max_new_tokens=max_new_tokens))
+    return tuple(engine.generate(prompt, record_margins=True, config=engine.decode_config(mode=m, gamma=3, tau=0.0, max_new_tokens=max_new_tokens))
                  for m in ("kangaroo", "ar"))
 
 
@@ -143,7 +143,7 @@ def test_pooled_acceptance_counts_every_round(engine):
 def test_run_bench_and_report(engine, questions_file, tmp_path, monkeypatch):
     order = []
     real = KangarooEngine.generate
-    monkeypatch.setattr(KangarooEngine, "generate", lambda self, *a, **kw: order.append(kw["mode"]) or real(self, *a, **kw))
+    monkeypatch.setattr(KangarooEngine, "generate", lambda self, *a, **kw: order.append(kw["config"].mode) or real(self, *a, **kw))
 
     questions = select(load_questions(questions_file))
     bench = run_bench(engine, questions, BenchConfig(engine.decode_config(max_new_tokens=8, gamma=3, tau=0.0)))
@@ -222,7 +222,7 @@ def test_cli_fails_on_a_real_mismatch(engine_dir, questions_file, tmp_path, monk
 
     def corrupt_kangaroo(self, *args, **kwargs):  # a decoder bug: Kangaroo's second token differs from AR's
         result = real(self, *args, **kwargs)
-        if kwargs["mode"] == "kangaroo" and len(result.output_ids) > 1:
+        if kwargs["config"].mode == "kangaroo" and len(result.output_ids) > 1:
             result.output_ids[1] = (result.output_ids[1] + 1) % len(self.tokenizer)
         return result
 

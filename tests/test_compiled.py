@@ -5,6 +5,8 @@ with the reason where Inductor cannot compile at all. The CUDA path has not run 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kangaroo_trt.errors import BackendError
@@ -66,8 +68,8 @@ def test_compiled_steps_give_the_plain_tokens_and_stay_exact(engine_dir, monkeyp
 
     for prompt in PROMPTS:  # greedy AR: the compiled steps' tokens are the plain modules'
         config = plain.decode_config(max_new_tokens=16)
-        assert compiled.generate(prompt, mode="ar", config=config).output_ids == \
-            plain.generate(prompt, mode="ar", config=config).output_ids, prompt
+        assert compiled.generate(prompt, config=replace(config, mode="ar")).output_ids == \
+            plain.generate(prompt, config=replace(config, mode="ar")).output_ids, prompt
     report = check_engine(compiled, [compiled.encode(t, chat=False) for t in CHECK_PROMPTS[:2]], new_tokens=24)
     assert report.ok and report.identical == report.prompts == 2, report.table()  # rows bitwise, Kangaroo == AR
     assert all(count > 0 for count in calls.values()), calls

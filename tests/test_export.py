@@ -76,8 +76,8 @@ def test_fp16_engine_runs_losslessly_against_itself(tiny_model, tmp_path):
     out = tmp_path / "engine"
     _build(tiny_model, "llama-gqa-tied", out, precisions=("fp16",))
     engine = KangarooEngine.open(out)
-    ar = engine.generate(prompt_ids=[5, 9, 11, 40], mode="ar", config=engine.decode_config(max_new_tokens=16))
-    kg = engine.generate(prompt_ids=[5, 9, 11, 40], mode="kangaroo", config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=16))
+    ar = engine.generate(prompt_ids=[5, 9, 11, 40], config=engine.decode_config(mode="ar", max_new_tokens=16))
+    kg = engine.generate(prompt_ids=[5, 9, 11, 40], config=engine.decode_config(mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=16))
     assert kg.stats.precision == "fp16"
     assert kg.output_ids == ar.output_ids
 

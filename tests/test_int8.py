@@ -78,9 +78,9 @@ def test_kangaroo_equals_ar_on_int8(int8_engine):
     engine = KangarooEngine.open(out, precision="int8")
     assert engine.precision == "int8"
     for prompt in PROMPTS:
-        ar = engine.generate(prompt, mode="ar", config=engine.decode_config(max_new_tokens=24))
+        ar = engine.generate(prompt, config=engine.decode_config(mode="ar", max_new_tokens=24))
         for gamma, tau in ((1, 0.0), (4, 0.0), (6, 0.6)):
-            kangaroo = engine.generate(prompt, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=24))
+            kangaroo = engine.generate(prompt, config=engine.decode_config(mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=24))
             assert kangaroo.output_ids == ar.output_ids, (prompt, gamma, tau)
         assert ar.stats.precision == "int8"
 

@@ -50,11 +50,11 @@ def test_kangaroo_equals_ar_equals_transformers(tiny_model, tmp_path, name):
     engine = _engine(directory, tmp_path / "engine")
     ties = NearTies()
     for prompt in _prompts(engine.manifest.model.vocab_size):
-        ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=24))
+        ar = engine.generate(prompt_ids=prompt, record_margins=True, config=engine.decode_config(mode="ar", max_new_tokens=24))
         hf = _hf_greedy(directory, prompt, 24, engine.manifest.eos_token_ids[0])
         NearTies(exact=False).check(ar, type("R", (), {"output_ids": hf})(), f"{name} AR vs transformers, prompt len {len(prompt)}")
         for gamma, tau in GRID:
-            kg = engine.generate(prompt_ids=prompt, mode="kangaroo", config=engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=24))
+            kg = engine.generate(prompt_ids=prompt, config=engine.decode_config(mode="kangaroo", gamma=gamma, tau=tau, max_new_tokens=24))
             ties.check(ar, kg, f"{name} gamma={gamma} tau={tau} prompt len {len(prompt)}")
             assert kg.stop_reason == ar.stop_reason
             assert kg.stats.acceptance.rounds <= len(kg.output_ids)
@@ -65,9 +65,9 @@ def test_kangaroo_equals_ar_equals_transformers(tiny_model, tmp_path, name):
 def test_every_draft_accepted_exercises_adapter_lag(oracle_engine, gamma):
     ties = NearTies()
     for prompt in _prompts(oracle_engine.manifest.model.vocab_size):
-        ar = oracle_engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=oracle_engine.decode_config(max_new_tokens=40))
+        ar = oracle_engine.generate(prompt_ids=prompt, record_margins=True, config=oracle_engine.decode_config(mode="ar", max_new_tokens=40))
         config = oracle_engine.decode_config(gamma=gamma, tau=0.0, max_new_tokens=40, lookup_ngram=0)  # adapter drafts only
-        kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", config=config)
+        kg = oracle_engine.generate(prompt_ids=prompt, config=config)
         ties.check(ar, kg, f"oracle gamma={gamma}")
         full_rounds = kg.stats.acceptance.accepted[:-1]  # the last round may be cut by the token budget
         assert full_rounds and all(a == gamma for a in full_rounds), f"not every draft accepted: {kg.stats.acceptance.accepted}"
@@ -77,10 +77,10 @@ def test_every_draft_accepted_exercises_adapter_lag(oracle_engine, gamma):
 
 def test_eos_and_budget_inside_an_accepted_run(oracle_engine):
     prompt = _prompts(oracle_engine.manifest.model.vocab_size)[1]
-    ar = oracle_engine.generate(prompt_ids=prompt, mode="ar", config=oracle_engine.decode_config(max_new_tokens=30))
+    ar = oracle_engine.generate(prompt_ids=prompt, config=oracle_engine.decode_config(mode="ar", max_new_tokens=30))
     # A budget that ends mid-round: gamma 6 commits 7 tokens per round.
     for budget in (1, 3, 9, 10):
-        kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", config=oracle_engine.decode_config(gamma=6, tau=0.0, max_new_tokens=budget))
+        kg = oracle_engine.generate(prompt_ids=prompt, config=oracle_engine.decode_config(mode="kangaroo", gamma=6, tau=0.0, max_new_tokens=budget))
         assert kg.output_ids == ar.output_ids[:budget] and kg.stop_reason == "max_new_tokens"
     # Make a token in the middle of a full round an EOS id: generation must stop right after it.
     eos_at = 4
@@ -90,8 +90,8 @@ def test_eos_and_budget_inside_an_accepted_run(oracle_engine):
     saved = decoder.eos_ids
     decoder.eos_ids = frozenset({eos})
     try:
-        kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", config=oracle_engine.decode_config(gamma=6, tau=0.0, max_new_tokens=30))
-        ar2 = oracle_engine.generate(prompt_ids=prompt, mode="ar", config=oracle_engine.decode_config(max_new_tokens=30))
+        kg = oracle_engine.generate(prompt_ids=prompt, config=oracle_engine.decode_config(mode="kangaroo", gamma=6, tau=0.0, max_new_tokens=30))
+        ar2 = oracle_engine.generate(prompt_ids=prompt, config=oracle_engine.decode_config(mode="ar", max_new_tokens=30))
     finally:
         decoder.eos_ids = saved
     assert kg.stop_reason == ar2.stop_reason == "eos"
@@ -104,8 +104,8 @@ def test_cache_limits(tiny_model, tmp_path):
     with pytest.raises(InputError, match=f"holds {MAX_SEQ_LEN} positions"):
         engine.generate(prompt_ids=[5] * MAX_SEQ_LEN, config=engine.decode_config(max_new_tokens=4))
     prompt = [5, 6, 7] * 40  # 120 tokens: only 8 more positions fit
-    ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=50))
-    kg = engine.generate(prompt_ids=prompt, mode="kangaroo", config=engine.decode_config(gamma=6, tau=0.0, max_new_tokens=50))
+    ar = engine.generate(prompt_ids=prompt, record_margins=True, config=engine.decode_config(mode="ar", max_new_tokens=50))
+    kg = engine.generate(prompt_ids=prompt, config=engine.decode_config(mode="kangaroo", gamma=6, tau=0.0, max_new_tokens=50))
     NearTies().check(ar, kg, "cache-filling prompt")
     assert ar.stop_reason == kg.stop_reason
     assert len(prompt) + len(kg.output_ids) <= MAX_SEQ_LEN + 1 or kg.stop_reason == "eos"
@@ -119,8 +119,10 @@ def test_decode_settings_are_validated(tiny_model, tmp_path):
         engine.generate(prompt_ids=[3, 4], config=engine.decode_config(tau=1.5))
     with pytest.raises(ConfigError, match="gamma 9 exceeds"):
         engine.generate(prompt_ids=[3, 4], config=engine.decode_config(gamma=9))
-    with pytest.raises(InputError, match="mode must be one of"):
-        engine.generate(prompt_ids=[3, 4], mode="beam")
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        engine.generate(prompt_ids=[3, 4], config=engine.decode_config(mode="beam"))
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        engine.generate(prompt_ids=[3, 4], mode="beam")  # the older keyword
     with pytest.raises(InputError, match="prompt is empty"):
         engine.generate(prompt_ids=[])
 
@@ -130,8 +132,12 @@ def test_adapter_cache_after_lagging_rounds_matches_a_fresh_pass(oracle_engine):
     value that one adapter pass over the whole committed sequence gives (catches a dropped or misplaced backlog)."""
     prompt = _prompts(oracle_engine.manifest.model.vocab_size)[2]
     config = oracle_engine.decode_config(gamma=4, tau=0.0, max_new_tokens=30, lookup_ngram=0)  # adapter drafts only
-    kg = oracle_engine.generate(prompt_ids=prompt, mode="kangaroo", config=config)
-    assert_adapter_cache_in_step(oracle_engine.decoder, prompt + kg.output_ids, at_least=len(prompt) + 9)
+    generation = oracle_engine.decoder.generate(prompt, config)
+    for _ in generation:
+        pass
+    assert generation.transcript.tokens == oracle_engine.generate(prompt_ids=prompt, config=config).output_ids
+    assert_adapter_cache_in_step(oracle_engine.decoder, generation.state, prompt + generation.transcript.tokens,
+                                 at_least=len(prompt) + 9)
 
 
 def test_restricted_draft_vocabulary_stays_lossless(tiny_model, tmp_path):
@@ -142,7 +148,7 @@ def test_restricted_draft_vocabulary_stays_lossless(tiny_model, tmp_path):
     spec = AdapterSpec.like(ModelSpec.from_hf_config(load_hf_config(directory)))
     full = _engine(directory, tmp_path / "full")
     prompts = _prompts(full.manifest.model.vocab_size)
-    ar_runs = [full.generate(prompt_ids=p, mode="ar", record_margins=True, config=full.decode_config(max_new_tokens=24)) for p in prompts]
+    ar_runs = [full.generate(prompt_ids=p, record_margins=True, config=full.decode_config(mode="ar", max_new_tokens=24)) for p in prompts]
     counts = torch.zeros(full.manifest.model.vocab_size)
     for run in ar_runs:
         counts.index_add_(0, torch.tensor(run.output_ids), torch.ones(len(run.output_ids)))
@@ -152,7 +158,7 @@ def test_restricted_draft_vocabulary_stays_lossless(tiny_model, tmp_path):
     top = set(torch.topk(counts, 40).indices.tolist())
     ties = NearTies()
     for prompt, ar in zip(prompts, ar_runs):
-        kg = small.generate(prompt_ids=prompt, mode="kangaroo", config=small.decode_config(gamma=4, tau=0.0, max_new_tokens=24))
+        kg = small.generate(prompt_ids=prompt, config=small.decode_config(mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=24))
         ties.check(ar, kg, "restricted draft vocabulary")
     draft_ids = set()
     decoder = small.decoder
@@ -165,7 +171,7 @@ def test_restricted_draft_vocabulary_stays_lossless(tiny_model, tmp_path):
 
     decoder._adapter = spy
     try:
-        small.generate(prompt_ids=prompts[2], mode="kangaroo", config=small.decode_config(gamma=4, tau=0.0, max_new_tokens=12))
+        small.generate(prompt_ids=prompts[2], config=small.decode_config(mode="kangaroo", gamma=4, tau=0.0, max_new_tokens=12))
     finally:
         decoder._adapter = original
     assert draft_ids and draft_ids <= top, "drafts must come from the restricted vocabulary"
@@ -186,13 +192,15 @@ def test_mlp_adapter_variant_stays_lossless(tiny_model, tmp_path, name):
     assert any("/mlp/" in node.name for node in adapter_graph.graph.node), "the adapter graph has no MLP"
     ties = NearTies()
     for prompt in _prompts(engine.manifest.model.vocab_size):
-        ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=24))
+        ar = engine.generate(prompt_ids=prompt, record_margins=True, config=engine.decode_config(mode="ar", max_new_tokens=24))
         for gamma, tau in ((1, 0.0), (4, 0.0), (6, 0.6)):
             config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=24, lookup_ngram=0)
-            ties.check(ar, engine.generate(prompt_ids=prompt, mode="kangaroo", config=config), f"mlp adapter g{gamma} t{tau}")
-    kg = engine.generate(prompt_ids=_prompts(engine.manifest.model.vocab_size)[2], mode="kangaroo",
-                         config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=30, lookup_ngram=0))
-    assert_adapter_cache_in_step(engine.decoder, _prompts(engine.manifest.model.vocab_size)[2] + kg.output_ids, at_least=30)
+            ties.check(ar, engine.generate(prompt_ids=prompt, config=config), f"mlp adapter g{gamma} t{tau}")
+    prompt = _prompts(engine.manifest.model.vocab_size)[2]
+    generation = engine.decoder.generate(prompt, engine.decode_config(gamma=4, tau=0.0, max_new_tokens=30, lookup_ngram=0))
+    for _ in generation:
+        pass
+    assert_adapter_cache_in_step(engine.decoder, generation.state, prompt + generation.transcript.tokens, at_least=30)
 
 
 def test_mlp_adapter_variant_builds_int8_and_stays_lossless(tiny_model, tmp_path):
@@ -207,7 +215,7 @@ def test_mlp_adapter_variant_builds_int8_and_stays_lossless(tiny_model, tmp_path
     engine = KangarooEngine.open(out, precision="int8")
     ties = NearTies()
     for prompt in _prompts(engine.manifest.model.vocab_size):
-        ar = engine.generate(prompt_ids=prompt, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=20))
-        kg = engine.generate(prompt_ids=prompt, mode="kangaroo",
+        ar = engine.generate(prompt_ids=prompt, record_margins=True, config=engine.decode_config(mode="ar", max_new_tokens=20))
+        kg = engine.generate(prompt_ids=prompt,
                              config=engine.decode_config(gamma=4, tau=0.0, max_new_tokens=20, lookup_ngram=0))
         ties.check(ar, kg, "mlp adapter int8")

@@ -5,6 +5,7 @@ are cheap, and a request whose drafts fail decays to plain steps."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from kangaroo_trt.runner import costs
 from kangaroo_trt.runner.api import KangarooEngine
 from kangaroo_trt.runner.calibrate import calibrate
 from kangaroo_trt.runner.costs import CostTable
-from kangaroo_trt.runner.decode import Transcript
 from kangaroo_trt.runner.policy import PROBE_EVERY, Calibration, DraftPolicy
 
 ROWS = 8
@@ -34,13 +34,10 @@ CHEAP_ROWS = table(25.0, 0.0, 0.3, shallow=0.3)  # a GPU's shape: extra rows alm
 
 
 def _run(engine: KangarooEngine, prompt: list[int], config: DecodeConfig, policy: DraftPolicy | None = None):
-    """Kangaroo's tokens and the number of drafts each round verified."""
-    done, drafted = Transcript(), []
-    for step, stop in engine.decoder.generate(prompt, "kangaroo", config, policy=policy):
-        drafted.append(len(step.drafts))
-        if not done.add(step, stop):
-            break
-    return done.tokens, drafted
+    """Kangaroo's tokens, the number of drafts each round verified, and the generation's last state."""
+    generation = engine.decoder.generate(prompt, config, policy=policy)
+    drafted = [len(step.drafts) for step, _ in generation if step.tokens]
+    return generation.transcript.tokens, drafted, generation.state
 
 
 def _prompts(engine: KangarooEngine) -> list[list[int]]:
@@ -48,7 +45,7 @@ def _prompts(engine: KangarooEngine) -> list[list[int]]:
     rng = np.random.default_rng(11)
     prompts = [rng.integers(2, engine.manifest.model.vocab_size, size=n).tolist() for n in (3, 9, 20)]
     head = prompts[1]
-    tail = engine.generate(prompt_ids=head, mode="ar", config=engine.decode_config(max_new_tokens=10)).output_ids
+    tail = engine.generate(prompt_ids=head, config=engine.decode_config(mode="ar", max_new_tokens=10)).output_ids
     return prompts + [head + tail + head[:3]]
 
 
@@ -59,12 +56,12 @@ def test_cost_policy_equals_ar(tiny_engine, name):
     assert config.policy == "cost"  # the default
     ties, drafted = NearTies(), []
     for prompt in _prompts(engine):
-        ar = engine.generate(prompt_ids=prompt, mode="ar", config=config, record_margins=True)
+        ar = engine.generate(prompt_ids=prompt, config=replace(config, mode="ar"), record_margins=True)
         for cost in (CPU_LIKE, CHEAP_ROWS, EXPENSIVE, None):  # None: the table measured on this engine
             engine.decoder.costs = cost
-            tokens, per_round = _run(engine, prompt, config)
+            tokens, per_round, state = _run(engine, prompt, config)
             ties.check(ar, type("R", (), {"output_ids": tokens})(), f"{name} costs={cost} prompt={len(prompt)}")
-            assert_adapter_cache_in_step(engine.decoder, prompt + tokens, at_least=len(prompt))
+            assert_adapter_cache_in_step(engine.decoder, state, prompt + tokens, at_least=len(prompt))
             drafted += per_round
     assert 0 in drafted and max(drafted) > 1, drafted
 
@@ -74,10 +71,10 @@ def test_oracle_drafts_deeper_where_rows_are_cheap_and_not_at_all_where_they_can
     prompt = [5, 17, 42, 9, 33, 8]
     sure = Calibration(first=(0.95,) * 10, later=(0.95,) * 10, mean_later=0.95)
     config = oracle_engine.decode_config(max_new_tokens=40, gamma=6, lookup_ngram=0, policy="cost")
-    ar = oracle_engine.generate(prompt_ids=prompt, mode="ar", config=config)
+    ar = oracle_engine.generate(prompt_ids=prompt, config=replace(config, mode="ar"))
     per_table = {}
     for name, cost in (("cheap", CHEAP_ROWS), ("cpu", CPU_LIKE), ("expensive", EXPENSIVE)):
-        tokens, drafted = _run(oracle_engine, prompt, config, DraftPolicy(cost, sure))
+        tokens, drafted, _ = _run(oracle_engine, prompt, config, DraftPolicy(cost, sure))
         assert tokens == ar.output_ids, name
         per_table[name] = drafted
     assert max(per_table["cheap"]) == max(per_table["cpu"]) == 6, per_table  # drafts that land pay on a CPU too
@@ -146,7 +143,7 @@ def test_a_request_whose_confident_drafts_are_all_wrong_decays_to_plain_steps(ti
     engine = KangarooEngine.open(tiny_engine("llama-gqa-tied", max_seq_len=160, prefill_chunk=8)[0], threads=1)
     prompt = np.random.default_rng(2).integers(2, engine.manifest.model.vocab_size, size=6).tolist()
     config = engine.decode_config(max_new_tokens=120, lookup_ngram=0)
-    full = prompt + engine.generate(prompt_ids=prompt, mode="ar", config=config).output_ids
+    full = prompt + engine.generate(prompt_ids=prompt, config=replace(config, mode="ar")).output_ids
     original, vocab = engine.decoder._adapter, engine.manifest.model.vocab_size
 
     def wrong(hidden, start):
@@ -157,7 +154,7 @@ def test_a_request_whose_confident_drafts_are_all_wrong_decays_to_plain_steps(ti
 
     engine.decoder._adapter = wrong
     try:
-        tokens, drafted = _run(engine, prompt, config, DraftPolicy(CPU_LIKE, Calibration()))
+        tokens, drafted, _ = _run(engine, prompt, config, DraftPolicy(CPU_LIKE, Calibration()))
     finally:
         del engine.decoder._adapter
     assert tokens == full[len(prompt):]

@@ -5,6 +5,7 @@ ONNX graphs: only the PyTorch backends run it, the manifest says so, and other b
 import copy
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def test_smollm2_fp16_export_passes_parity_and_is_exact(tmp_path):
     with KangarooEngine.open(tmp_path / "engine", backend="onnxruntime-cpu") as engine:
         config = engine.decode_config(max_new_tokens=48)
         for prompt in UNSEEN_CHAT:
-            ar = engine.generate(prompt, chat=True, mode="ar", config=config)
+            ar = engine.generate(prompt, chat=True, config=replace(config, mode="ar"))
             kangaroo = engine.generate(prompt, chat=True, config=config)
             assert kangaroo.output_ids == ar.output_ids, prompt
     for graph, entry in manifest.graphs["fp16"].items():
@@ -114,8 +115,8 @@ def test_torch_cpu_runs_bf16_losslessly(bf16_engine):
 
     engine = KangarooEngine.open(bf16_engine[0], backend="torch-cpu", precision="bf16", threads=1)
     assert engine.backend.graph("deep").caches["past_key.2"].dtype == torch.bfloat16
-    ar = engine.generate(prompt_ids=[5, 9, 11, 40], mode="ar", config=engine.decode_config(max_new_tokens=12))
-    kg = engine.generate(prompt_ids=[5, 9, 11, 40], mode="kangaroo",
+    ar = engine.generate(prompt_ids=[5, 9, 11, 40], config=engine.decode_config(mode="ar", max_new_tokens=12))
+    kg = engine.generate(prompt_ids=[5, 9, 11, 40],
                          config=engine.decode_config(gamma=3, tau=0.0, max_new_tokens=12))
     assert kg.output_ids == ar.output_ids and len(ar.output_ids) == 12
     assert kg.stats.precision == "bf16" and kg.stats.backend == "torch-cpu"

@@ -27,7 +27,7 @@ def engine_dir(tiny_engine):  # the engine of test_exactness.py
 
 def _reads(engine, mode: str):
     prompt_ids = engine.encode(CHECK_PROMPTS[0], chat=False)
-    return reads_per_round(engine.decoder, prompt_ids, mode, engine.decode_config(max_new_tokens=20))
+    return reads_per_round(engine.decoder, prompt_ids, engine.decode_config(max_new_tokens=20, mode=mode))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -71,7 +71,7 @@ def test_device_rounds_on_host_arrays_equal_host_rounds(engine_dir):
         engine.decoder.costs = CHEAP_ROWS
         prompt_ids = engine.encode(CHECK_PROMPTS[1], chat=False)
         config = engine.decode_config(max_new_tokens=24)
-        ar = engine.generate(prompt_ids=prompt_ids, mode="ar", config=config).output_ids
+        ar = engine.generate(prompt_ids=prompt_ids, config=engine.decode_config(max_new_tokens=24, mode="ar")).output_ids
         engine.decoder.resident = True
         resident = engine.generate(prompt_ids=prompt_ids, config=config)
         assert resident.output_ids == ar and resident.stats.acceptance.rounds < len(ar)

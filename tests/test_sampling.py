@@ -4,6 +4,7 @@ against transformers' own warpers, and sampling through real engines (top-k 1 ==
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,15 +84,15 @@ def engine(tiny_engine):
 
 
 def test_top_k_1_sampling_is_greedy_in_both_modes(engine):
-    greedy = engine.generate("the quick brown fox", mode="ar", config=engine.decode_config(max_new_tokens=20)).output_ids
+    greedy = engine.generate("the quick brown fox", config=engine.decode_config(mode="ar", max_new_tokens=20)).output_ids
     for mode in ("ar", "kangaroo"):
-        sampled = engine.generate("the quick brown fox", mode=mode, config=engine.decode_config(max_new_tokens=20, temperature=1.3, top_k=1, seed=5))
+        sampled = engine.generate("the quick brown fox", config=engine.decode_config(mode=mode, max_new_tokens=20, temperature=1.3, top_k=1, seed=5))
         assert sampled.output_ids == greedy, mode
 
 
 def test_seeded_sampling_repeats_and_seeds_differ(engine):
     for mode in ("ar", "kangaroo"):
-        run = lambda seed: engine.generate("def add(a, b):", mode=mode, config=engine.decode_config(  # noqa: E731
+        run = lambda seed: engine.generate("def add(a, b):", config=engine.decode_config(mode=mode,   # noqa: E731
             max_new_tokens=16, temperature=1.0, seed=seed, gamma=3, tau=0.0))
         a, b, c = run(11), run(11), run(12)
         assert a.output_ids == b.output_ids and a.output_ids != c.output_ids, mode
@@ -106,7 +107,7 @@ def test_kangaroo_and_ar_sample_the_same_first_token(oracle_engine):
         seen: dict[int, int] = {}
         for seed in range(n):
             config = oracle_engine.decode_config(max_new_tokens=2, temperature=0.8, top_k=4, seed=seed, gamma=3, tau=0.0)
-            first = oracle_engine.generate(prompt_ids=prompt, mode=mode, config=config).output_ids[0]
+            first = oracle_engine.generate(prompt_ids=prompt, config=replace(config, mode=mode)).output_ids[0]
             seen[first] = seen.get(first, 0) + 1
         counts[mode] = seen
     keys = set(counts["ar"]) | set(counts["kangaroo"])

@@ -43,7 +43,7 @@ def reference(engine_dir):
     engine = KangarooEngine.open(engine_dir, threads=1)
 
     def generate(prompt, mode: str = "kangaroo", chat: bool = False, **decoding):
-        return engine.generate(prompt, chat=chat, mode=mode, config=engine.decode_config(**decoding))
+        return engine.generate(prompt, chat=chat, config=engine.decode_config(mode=mode, **decoding))
 
     yield generate
     engine.close()

@@ -35,7 +35,7 @@ def engine(smollm2_engine):
 
 @pytest.fixture(scope="module")
 def ar_runs(engine):
-    return {p: engine.generate(p, chat=True, mode="ar", record_margins=True, config=engine.decode_config(max_new_tokens=NEW_TOKENS)) for p in PROMPTS}
+    return {p: engine.generate(p, chat=True, record_margins=True, config=engine.decode_config(mode="ar", max_new_tokens=NEW_TOKENS)) for p in PROMPTS}
 
 
 def test_ar_equals_transformers_generate(engine, ar_runs, smollm2_dir):
@@ -57,7 +57,7 @@ def test_kangaroo_equals_ar(engine, ar_runs, gamma, tau):
     ties = NearTies()
     for prompt, ar in ar_runs.items():
         config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=NEW_TOKENS, lookup_ngram=0)  # adapter drafts only
-        kg = engine.generate(prompt, chat=True, mode="kangaroo", config=config)
+        kg = engine.generate(prompt, chat=True, config=config)
         ties.check(ar, kg, f"gamma={gamma} tau={tau} {prompt!r}")
         assert kg.prompt_ids == ar.prompt_ids and kg.stop_reason == ar.stop_reason
         drafted = kg.stats.acceptance.drafted
@@ -73,7 +73,7 @@ def test_kangaroo_with_lookup_equals_ar(engine, ar_runs, lookup_ngram, adaptive,
     for prompt, ar in ar_runs.items():
         config = engine.decode_config(gamma=6, tau=tau, max_new_tokens=NEW_TOKENS, lookup_ngram=lookup_ngram,
                                       adaptive_gamma=adaptive)
-        kg = engine.generate(prompt, chat=True, mode="kangaroo", config=config)
+        kg = engine.generate(prompt, chat=True, config=config)
         ties.check(ar, kg, f"lookup_ngram={lookup_ngram} adaptive={adaptive} tau={tau} {prompt!r}")
         assert kg.stop_reason == ar.stop_reason
         drafted += kg.stats.acceptance.drafted

@@ -18,7 +18,8 @@ def test_find_held_and_token_cut():
     assert stops.find("abc\n\nEND") == 3 and stops.find("abcEN") is None
     assert stops.held("abc\n") == 1 and stops.held("xEN") == 2 and stops.held("xE") == 1 and stops.held("xyz") == 0
     words = ["a", "b", "E", "N", "D", "z"]
-    assert stops.tokens_through("".join, words, 2) == 5  # "abEND" is the first prefix holding "END"
+    assert stops.tokens_through(lambda n: "".join(words[:n]), 2, len(words)) == 5  # "abEND": the first prefix holding "END"
+    assert stops.find("END abc END", 1) == 8 and stops.longest == 3
     assert not StopStrings() and StopStrings("END").stops == ("END",)
     with pytest.raises(InputError, match="empty"):
         StopStrings(["ok", ""])
@@ -31,14 +32,14 @@ def engine(tiny_engine):
 
 def _stop_inside(engine) -> tuple[str, str]:
     """A stop string taken from the middle of the unstopped AR output, and the text expected before it."""
-    full = engine.generate("the quick brown fox", mode="ar", config=engine.decode_config(max_new_tokens=40)).text
+    full = engine.generate("the quick brown fox", config=engine.decode_config(mode="ar", max_new_tokens=40)).text
     stop = next(full[i:i + 2] for i in range(len(full) // 3, len(full) - 1) if full[i:i + 2].isascii() and full[i:i + 2].isalnum())
     return stop, full[:full.find(stop)]
 
 
 def test_kangaroo_and_ar_stop_at_the_same_token(engine):
     stop, expected = _stop_inside(engine)
-    results = [engine.generate("the quick brown fox", mode=m, stop=[stop], config=engine.decode_config(max_new_tokens=40, gamma=4, tau=0.0))
+    results = [engine.generate("the quick brown fox", stop=[stop], config=engine.decode_config(mode=m, max_new_tokens=40, gamma=4, tau=0.0))
                for m in ("ar", "kangaroo")]
     for r in results:
         assert r.stop_reason == "stop" and r.text == expected
@@ -49,11 +50,11 @@ def test_kangaroo_and_ar_stop_at_the_same_token(engine):
 
 def test_streaming_never_shows_the_stop_string(engine):
     stop, expected = _stop_inside(engine)
-    stream = engine.stream("the quick brown fox", mode="kangaroo", stop=stop, config=engine.decode_config(max_new_tokens=40))
+    stream = engine.stream("the quick brown fox", stop=stop, config=engine.decode_config(mode="kangaroo", max_new_tokens=40))
     pieces = list(stream)
     assert "".join(pieces) == stream.result.text == expected and stop not in "".join(pieces)
     for budget in range(30, 41):  # without a stop string every piece comes out, also one held back as partial UTF-8
-        stream = engine.stream("the quick brown fox", mode="kangaroo", config=engine.decode_config(max_new_tokens=budget))
+        stream = engine.stream("the quick brown fox", config=engine.decode_config(mode="kangaroo", max_new_tokens=budget))
         assert "".join(stream) == stream.result.text
 
 

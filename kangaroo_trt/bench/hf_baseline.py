@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from time import perf_counter
 
+from ..config import DecodeConfig
 from ..runner.api import GenerationResult, KangarooEngine
 from ..runner.stats import AcceptanceLog, GenerationStats
 
@@ -47,8 +48,9 @@ class TransformersBaseline:
         total = perf_counter() - start
         tokens = out[0, len(prompt_ids):].tolist()
         stop = "eos" if tokens and tokens[-1] in self.eos_ids else "max_new_tokens"
-        stats = GenerationStats(mode=self.name, backend="transformers", device="cpu", precision="fp32", gamma=0, tau=0.0,
-                                new_tokens=len(tokens), prompt_tokens=len(prompt_ids), total_s=total, prefill_s=0.0,
-                                draft_s=0.0, verify_s=0.0, acceptance=AcceptanceLog())
+        stats = GenerationStats(config=DecodeConfig(mode="ar", tau=0.0, max_new_tokens=max_new_tokens), mode=self.name,
+                                backend="transformers", device="cpu", precision="fp32", new_tokens=len(tokens),
+                                prompt_tokens=len(prompt_ids), total_s=total, prefill_s=0.0, draft_s=0.0, verify_s=0.0,
+                                acceptance=AcceptanceLog())
         return GenerationResult(list(prompt_ids), tokens, self.tokenizer.decode(tokens, skip_special_tokens=True),
                                 stop, stats)

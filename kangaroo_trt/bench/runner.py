@@ -140,9 +140,9 @@ class BenchRunner:
 
     def _generate(self, mode: str, prompt_ids: list[int], max_new_tokens: int) -> GenerationResult:
         # Both modes record margins (one top-2 per committed token), so the cost is the same on both sides.
-        config = dataclasses.replace(self.decode, max_new_tokens=max_new_tokens,
+        config = dataclasses.replace(self.decode, mode=mode, max_new_tokens=max_new_tokens,
                                      seed=(self.decode.seed or 0) + self._turn_index)
-        return self.engine.generate(prompt_ids=prompt_ids, mode=mode, config=config, record_margins=True)
+        return self.engine.generate(prompt_ids=prompt_ids, config=config, record_margins=True)
 
 
 def run_bench(engine: KangarooEngine, questions: list[Question], config: BenchConfig,

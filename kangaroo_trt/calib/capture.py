@@ -92,7 +92,7 @@ def capture(graphs: dict[str, tuple[Path, GraphSpec]], prompts: list[list[int]],
         budget = min(new_tokens, max_seq_len - len(ids))
         if budget < 1:
             continue
-        for _ in decoder.generate(ids, "kangaroo", DecodeConfig(gamma=4, tau=0.0, max_new_tokens=budget, lookup_ngram=0,
+        for _ in decoder.generate(ids, DecodeConfig(gamma=4, tau=0.0, max_new_tokens=budget, lookup_ngram=0,
                                                                  adaptive_gamma=False, policy="tau")):
             pass
     rng = np.random.default_rng(seed)

@@ -16,6 +16,7 @@ Runtime CPU running both precisions:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -66,11 +67,11 @@ def agreement(fp32: Backend, int8: Backend, ids: list[int], chunk: int) -> dict[
 
 def _decode(decoder: Decoder, ids: list[int], mode: str, config: DecodeConfig) -> tuple[Transcript, float]:
     """The generation (with the target's top-1 minus top-2 logit per token) and its seconds."""
-    done, t = Transcript(), perf_counter()
-    for step, stop in decoder.generate(ids, mode, config, record_margins=True):
-        if not done.add(step, stop):
+    t, generation = perf_counter(), decoder.generate(ids, replace(config, mode=mode), record_margins=True)
+    for step, _ in generation:
+        if not step.tokens:
             break
-    return done, perf_counter() - t
+    return generation.transcript, perf_counter() - t
 
 
 def decoding(backends: dict[str, Backend], prompts: list[list[int]], eos_ids: tuple[int, ...], prefill_chunk: int,

@@ -51,11 +51,11 @@ def main(engine_dir, prompt, chat, parse_special, max_new_tokens, mode, gamma, t
     stop = tuple(check_text(s, "--stop") for s in stop)
     use_thread_pool(thread_pool, threads)
     engine = KangarooEngine.open(engine_dir, backend=backend, precision=precision, threads=threads, exact=exact)
-    config = engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
+    config = engine.decode_config(mode=mode, gamma=gamma, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed,
                                   lookup_ngram=lookup_ngram, adaptive_gamma=adaptive_gamma, draft_floor=draft_floor, policy=policy)
     ids = engine.encode(prompt, chat=True, parse_special=True) if parse_special and chat else None
-    stream = engine.stream(prompt, prompt_ids=ids, chat=chat, mode=mode, config=config, stop=stop, text=not as_json)
+    stream = engine.stream(prompt, prompt_ids=ids, chat=chat, config=config, stop=stop, text=not as_json)
     for piece in stream:
         click.echo(piece, nl=False)
     result = stream.result

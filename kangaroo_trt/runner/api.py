@@ -3,19 +3,22 @@
     with KangarooEngine.open("engines/smollm2") as engine:         # close() frees caches and sessions
         config = engine.decode_config(max_new_tokens=64)          # manifest defaults + overrides, validated
         result = engine.generate("Why is the sky blue?", chat=True, config=config)
+        baseline = engine.generate("Why is the sky blue?", chat=True, config=engine.decode_config(mode="ar"))
         for piece in (stream := engine.stream("Tell me a story", chat=True)):
             print(piece, end="", flush=True)
         stream.result.stats.to_dict()["mean_accepted"]
         async for piece in engine.astream("Tell me a story", chat=True):   # in an asyncio service
             ...
 
-Decoding settings travel as one ``DecodeConfig`` (``config=``); new decoding options are DecodeConfig fields.
+Decoding settings travel as one ``DecodeConfig`` (``config=``), the mode (Kangaroo or plain AR) among them; new
+decoding options are DecodeConfig fields. A request's text is its own ``Detokenizer``'s (``detokenizer.py``).
 Requests are served one at a time: the engine owns one set of KV caches, and a second request while one is
 open raises at once. Use one engine per worker; close a stream you stop reading (``with`` / ``async with``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..chat import encode_chat, messages_of
-from ..config import MODES, DecodeConfig
+from ..config import DecodeConfig
 from ..contract.manifest import Manifest, inside
 from ..contract.pin import open_pinned
 from ..errors import ConfigError, EngineDirError, InputError
@@ -34,7 +37,8 @@ from . import costs
 from .backend import Backend, EngineRef
 from .costs import CostTable
 from .backends import open_backend
-from .decode import Decoder, Transcript
+from .decode import Decoder
+from .detokenizer import Detokenizer
 from .policy import Calibration
 from .stats import GenerationStats
 from .stops import StopStrings
@@ -202,7 +206,7 @@ class KangarooEngine:
 
     def decode_config(self, gamma: int | None = None, tau: float | None = None, **overrides) -> DecodeConfig:
         """A validated ``DecodeConfig``: the manifest's gamma / tau unless given, ``overrides`` for any other field
-        (max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise).
+        (mode, max_new_tokens, temperature, top_k, top_p, seed, ...; the dataclass's defaults otherwise).
 
         ``policy`` None or left out: the cost policy, unless ``tau``, a ``draft_floor`` or ``adaptive_gamma=False``
         is given, which belong to the tau policy (so an explicit tau never goes unused)."""
@@ -229,28 +233,30 @@ class KangarooEngine:
         return stream.result
 
     def stream(self, prompt: str | list[dict] | None = None, *, prompt_ids: list[int] | None = None, chat: bool = False,
-               mode: str = "kangaroo", config: DecodeConfig | None = None, stop: str | Sequence[str] = (),
-               record_margins: bool = False, text: bool = True) -> Stream:
+               config: DecodeConfig | None = None, stop: str | Sequence[str] = (), record_margins: bool = False,
+               text: bool = True, mode: str | None = None) -> Stream:
         """Yield text pieces as tokens are committed (``text=False``: yield nothing); ``.result`` holds the result.
 
         ``prompt`` is text (chat messages with ``chat=True``; special tokens typed in them stay text, see
         ``encode``), or pass ``prompt_ids`` (checked against the vocabulary). ``config``: the decoding
-        settings (``engine.decode_config(...)``; None: its defaults): greedy unless its temperature > 0, then
-        lossless speculative sampling (``runner/verify.py``). ``stop``: stop strings (``runner/stops.py``).
-        ``record_margins`` keeps the target's top-1 minus top-2 logit per token.
+        settings (``engine.decode_config(...)``; None: its defaults), the mode among them (``mode="ar"``: plain
+        decoding, the baseline): greedy unless its temperature > 0, then lossless speculative sampling
+        (``runner/verify.py``). ``stop``: stop strings (``runner/stops.py``). ``record_margins`` keeps the target's
+        top-1 minus top-2 logit per token. ``mode``: the older way to pick the mode, kept for callers that pass it:
+        given, it replaces ``config``'s.
         """
         if self.backend is None:
             raise InputError("this engine is closed: open the engine directory again")
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if config is None:
-            config = self.decode_config()
+            config = self.decode_config(**({} if mode is None else {"mode": mode}))
+        elif mode is not None:
+            config = dataclasses.replace(config, mode=mode)  # validated there: a bad mode is one line
         self._check(config)
         if prompt_ids is None:
             if prompt is None:
                 raise InputError("give a prompt or prompt_ids")
             prompt_ids = self.encode(prompt, chat)
-        return Stream(self._run(self.check_prompt_ids(prompt_ids), mode, config, record_margins, text, StopStrings(stop)))
+        return Stream(self._run(self.check_prompt_ids(prompt_ids), config, record_margins, text, StopStrings(stop)))
 
     def astream(self, prompt: str | list[dict] | None = None, **options) -> AsyncStream:
         """``stream`` for asyncio services (same arguments): ``async for piece in engine.astream(...)``.
@@ -259,59 +265,43 @@ class KangarooEngine:
         """
         return AsyncStream(self.stream(prompt, **options))
 
-    def _run(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool, text: bool,
-             stops: StopStrings):
+    def _run(self, prompt_ids: list[int], config: DecodeConfig, record_margins: bool, text: bool, stops: StopStrings):
         if not self._lock.acquire(blocking=False):
             raise InputError("this engine is already serving a request: requests are served one at a time")
         try:
             if self.backend is None:  # closed between stream() and the first piece
                 raise InputError("this engine is closed: open the engine directory again")
-            decoder, done, shown = self.decoder, Transcript(), ""
-            if mode == "kangaroo" and config.policy == "cost":
+            if config.mode == "kangaroo" and config.policy == "cost":
                 self.cost_table()  # measured (once) before the clock starts
+            generation = self.decoder.generate(prompt_ids, config, record_margins)
+            done, detokenizer = generation.transcript, Detokenizer(self._decode, stops, stream=text)
             start = perf_counter()
-            for step, reason in decoder.generate(prompt_ids, mode, config, record_margins):
-                if not done.add(step, reason):
+            for step, _ in generation:
+                if not step.tokens:  # the cache is full
                     break
-                if not (text or stops):
-                    continue
-                full = self._decode(done.tokens)
-                visible = full if not stops else full[:len(full) - stops.held(full)]
-                if stops and (at := stops.find(full)) is not None:
-                    done.truncate(stops.tokens_through(self._decode, done.tokens, len(done.tokens) - len(step.tokens)), "stop")
-                    visible = full[:at]
-                if text:
-                    piece, shown = self._new_text(visible, shown)
-                    if piece:
-                        yield piece
-                if done.stop == "stop":
+                piece, keep = detokenizer.add(step.tokens)
+                if keep is not None:
+                    done.truncate(keep, "stop")
+                if piece:
+                    yield piece
+                if keep is not None:
                     break
+            generation.close()
             total = perf_counter() - start
-            output = self._decode(done.tokens)
-            if done.stop == "stop":
-                output = output[:stops.find(output)]
-            if text and output.startswith(shown) and len(output) > len(shown):
-                yield output[len(shown):]  # what was held back (a UTF-8 sequence the budget cut short)
-            stats = GenerationStats(
-                mode=mode, backend=self.backend.name, device=self.backend.device, precision=self.precision,
-                gamma=config.gamma if mode == "kangaroo" else 0, tau=config.tau, new_tokens=len(done.tokens),
-                prompt_tokens=len(prompt_ids), total_s=total, prefill_s=decoder.timings["prefill"],
-                draft_s=decoder.timings["draft"], verify_s=decoder.timings["verify"], acceptance=done.acceptance,
-                sampling=None if config.greedy else {"temperature": config.temperature, "top_k": config.top_k,
-                                                     "top_p": config.top_p, "seed": config.seed})
+            output, rest = detokenizer.finish()
+            if rest:
+                yield rest
+            t = generation.timings
+            stats = GenerationStats(config=config, backend=self.backend.name, device=self.backend.device,
+                                    precision=self.precision, new_tokens=len(done.tokens), prompt_tokens=len(prompt_ids),
+                                    total_s=total, prefill_s=t["prefill"], draft_s=t["draft"], verify_s=t["verify"],
+                                    acceptance=done.acceptance)
             return GenerationResult(prompt_ids, done.tokens, output, done.stop, stats, done.margins if record_margins else None)
         finally:
             self._lock.release()
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    @staticmethod
-    def _new_text(visible: str, shown: str) -> tuple[str, str]:
-        """The text not yet shown; holds back an incomplete UTF-8 sequence until its bytes arrive."""
-        if visible.endswith("\ufffd") or not visible.startswith(shown):
-            return "", shown
-        return visible[len(shown):], visible
 
 
 def calibration_of(manifest: Manifest) -> Calibration:

@@ -90,6 +90,6 @@ def calibrate(engine, prompts: list[list[int]], max_new_tokens: int = 96) -> Cal
     recorder = Recorder(engine.cost_table())
     config = engine.decode_config(gamma=engine.manifest.max_verify - 1, max_new_tokens=max_new_tokens, policy="cost")
     for ids in prompts:
-        for _ in engine.decoder.generate(ids, "kangaroo", config, policy=recorder):
+        for _ in engine.decoder.generate(ids, config, policy=recorder):
             pass
     return recorder.fitted()

@@ -32,8 +32,10 @@ starts (the cost policy's ``plan_adapter``, from the calibration and the request
 decide after each draft from its confidence (``--policy tau``, ``draft_floor``) keep their meaning everywhere and
 read each draft back where they run. On a host backend reads are free, and the cost policy decides per draft.
 
-The loop is a generator of rounds; ``Transcript`` collects them (tokens, acceptance, margins, stop reason),
-and timing and streaming live in the caller.
+Each request is a ``Generation`` (``Decoder.generate`` makes it): its settings, its ``State`` (which also carries
+how its deep passes commit, whether they record margins, and its timings) and its ``Transcript`` (tokens,
+acceptance, margins, stop reason). Iterating it runs the rounds. The ``Decoder`` keeps only what outlives a
+request: the graphs, EOS ids, row padding, graph costs and calibration. Text and streaming live in the caller.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import MODES, DecodeConfig
+from ..config import DecodeConfig
 from ..errors import InputError
 from .arrays import concat, snapshot, to_host, top2_margins
 from .backend import Backend, pad_feeds
@@ -67,19 +69,27 @@ class Round:
     adapter_read: int = 0  # how many of `exits` the adapter read this round (after the state's unseen ones)
 
 
+TIMINGS = ("prefill", "draft", "verify")
+
+
 @dataclass
 class State:
-    """Where decoding stands between rounds.
+    """Where one generation stands between rounds, and how its rounds commit.
 
     ``context``: the prompt and every committed token; its last one, t_0 at position ``p``, has not been through
     the shallow layers yet. ``unseen``: exit states of the positions just before p that the adapter's cache does
-    not hold yet, in order. ``gamma``: the most adapter drafts the next round may propose.
+    not hold yet, in order. ``gamma``: the most adapter drafts the next round may propose. ``rule``: what a deep
+    pass commits (``verify.py``); ``record_margins``: rounds keep the target's top-1 minus top-2 logits;
+    ``timings``: seconds spent in prefill, drafting and verifying so far.
     """
 
     context: list[int]
     unseen: list  # the backend's arrays [1, k, hidden]
     gamma: int
     produced: int = 0
+    rule: Greedy | Sampling = field(default_factory=Greedy)
+    record_margins: bool = False
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
 
     @property
     def p(self) -> int:
@@ -116,6 +126,34 @@ class Transcript:
         self.tokens, self.margins, self.stop = self.tokens[:n], self.margins[:n], stop
 
 
+class Generation:
+    """One request: its settings (``config``, the mode among them), where it stands (``state``, once prefilled) and
+    what it has committed (``transcript``). An iterator of (round, stop) pairs, each also added to ``transcript``;
+    ``Decoder.generate`` makes one. ``policy``: the cost policy's object (default: ``Decoder.draft_policy``)."""
+
+    def __init__(self, decoder: "Decoder", prompt_ids: list[int], config: DecodeConfig, record_margins: bool = False,
+                 policy: DraftPolicy | None = None) -> None:
+        self.prompt_ids, self.config, self.record_margins, self.policy = prompt_ids, config, record_margins, policy
+        self.state: State | None = None
+        self.transcript = Transcript()
+        self._rounds = decoder._rounds(self)
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> tuple[Round, str | None]:
+        step, stop = next(self._rounds)
+        self.transcript.add(step, stop)
+        return step, stop
+
+    def close(self) -> None:
+        self._rounds.close()
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.state.timings if self.state is not None else dict.fromkeys(TIMINGS, 0.0)
+
+
 def next_gamma(gamma: int, step: Round, most: int) -> int:
     """Adaptive draft length: one more draft after a round that accepted all of its drafts, one fewer otherwise."""
     return min(most, gamma + 1) if step.accepted == len(step.drafts) else max(1, gamma - 1)
@@ -134,14 +172,10 @@ class Decoder:
         self.prefill_chunk = prefill_chunk
         self.rows = rows
         self.resident = backend.resident  # chain a round's drafts on the device, one readback per round
-        self.timings = {"prefill": 0.0, "draft": 0.0, "verify": 0.0}
-        self.record_margins = False
-        self.rule: Greedy | Sampling = Greedy()  # what a deep pass commits (set per generation)
         # The cost policy's inputs: measured graph costs (measured at the first request that needs them unless
         # the engine sets a cached table) and the adapter's calibration (the engine sets the one it shipped with).
         self.costs: CostTable | None = None
         self.calibration = Calibration()
-        self.state: State | None = None  # the current (or last) generation's, for inspection
 
     @property
     def max_seq_len(self) -> int:
@@ -203,7 +237,7 @@ class Decoder:
                 self._adapter(hidden, start)
             else:
                 state.unseen.append(hidden)
-        self.timings["prefill"] += perf_counter() - t
+        state.timings["prefill"] += perf_counter() - t
         return state
 
     def ar_step(self, state: State) -> Round:
@@ -274,11 +308,12 @@ class Decoder:
         drafts, targets = read_back(drafts, targets)
         # Accept the longest prefix with d_{i+1} == y_i, plus one target token (correction or bonus);
         # when sampling, the speculative-sampling rule instead (verify.py).
-        accepted, target = self.rule.verify(drafts, targets, logits)
+        accepted, target = state.rule.verify(drafts, targets, logits)
         tokens = drafts[:accepted] + [target]
-        self.timings["draft" if drafts else "verify"] += t - t_start
-        self.timings["verify"] += perf_counter() - t
-        return Round(tokens, drafts, accepted, self._margins(logits, len(tokens)), exits, adapter_read)
+        state.timings["draft" if drafts else "verify"] += t - t_start
+        state.timings["verify"] += perf_counter() - t
+        margins = top2_margins(logits[:len(tokens)]).tolist() if state.record_margins else []  # only they cross
+        return Round(tokens, drafts, accepted, margins, exits, adapter_read)
 
     def commit(self, state: State, step: Round) -> None:
         """Move past the round's committed tokens; every cache slot past them is stale from now on."""
@@ -289,24 +324,23 @@ class Decoder:
         state.context += step.tokens
         state.produced += n
 
-    def generate(self, prompt_ids: list[int], mode: str, config: DecodeConfig, record_margins: bool = False,
-                 policy: DraftPolicy | None = None):
-        """Yield (round, stop) per round, its tokens already cut at EOS / max_new_tokens, until done.
+    def generate(self, prompt_ids: list[int], config: DecodeConfig, record_margins: bool = False,
+                 policy: DraftPolicy | None = None) -> Generation:
+        """A new generation of ``prompt_ids`` under ``config`` (``config.mode``: Kangaroo or plain decoding); iterate
+        it for (round, stop) per round, its tokens already cut at EOS / max_new_tokens, until done (nothing runs
+        before). ``record_margins`` fills each round's target top-1 minus top-2 logits; ``policy``: the cost
+        policy's drafting object (default: a new ``draft_policy(config)``)."""
+        if not isinstance(config, DecodeConfig):
+            raise TypeError(f"Decoder.generate takes (prompt_ids, config, ...), got {type(config).__name__} for the "
+                            "config: the mode is a DecodeConfig field now (DecodeConfig(mode=...))")
+        return Generation(self, prompt_ids, config, record_margins, policy)
 
-        ``timings`` restart at zero; ``record_margins`` fills each round's target top-1 minus top-2 logits.
-        ``policy``: the drafting policy object of the cost policy (default: a new ``draft_policy(config)``).
-        """
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.timings = dict.fromkeys(self.timings, 0.0)
-        self.record_margins = record_margins
-        self.rule = rule_for(config)
-        kangaroo = mode == "kangaroo"
-        if kangaroo and config.policy == "cost":
-            policy = policy or self.draft_policy(config)
-        else:
-            policy = None
-        state = self.state = self.prefill(prompt_ids, kangaroo, config.gamma)
+    def _rounds(self, generation: Generation):
+        """The rounds of ``generation`` (``Generation`` iterates them)."""
+        config, kangaroo = generation.config, generation.config.mode == "kangaroo"
+        policy = (generation.policy or self.draft_policy(config)) if kangaroo and config.policy == "cost" else None
+        state = generation.state = self.prefill(generation.prompt_ids, kangaroo, config.gamma)
+        state.rule, state.record_margins = rule_for(config), generation.record_margins
         while True:
             remaining = config.max_new_tokens - state.produced
             # Never draft past the token budget or the cache: k drafts commit at most k + 1 tokens.
@@ -340,11 +374,6 @@ class Decoder:
             return tokens[:remaining], "max_new_tokens"
         return tokens, None
 
-    def _margins(self, logits, count: int) -> list[float]:
-        """Top-1 minus top-2 logit of the first ``count`` rows (computed on the device: only the margins cross)."""
-        return top2_margins(logits[:count]).tolist() if self.record_margins else []
-
-
 def read_back(drafts: list, targets) -> tuple[list[int], list[int]]:
     """A round's drafts and target ids as host lists: the round's one device-to-host copy. Drafts are host ints
     (a rule read them as they came) or still-unread [1, 1] arrays of a device round, which cross with the targets."""
@@ -352,7 +381,6 @@ def read_back(drafts: list, targets) -> tuple[list[int], list[int]]:
         both = to_host(concat([*drafts, targets]))[0].tolist()
         return both[:len(drafts)], both[len(drafts):]
     return drafts, to_host(targets)[0].tolist()
-
 
 def positions(start: int, n: int) -> np.ndarray:
     """``position_ids`` [1, n] for n new tokens from ``start``."""

@@ -17,7 +17,7 @@ Everything is compared with ``==`` on the arrays: a difference in the last bit f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -146,8 +146,8 @@ def _cache_rows(decoder, start: int, n: int) -> dict[str, np.ndarray]:
 def check_generation(engine, prompts: list[list[int]], config: DecodeConfig, report: ExactnessReport) -> None:
     """Greedy Kangaroo against greedy AR on each prompt: token-identical, or the divergence and its margin."""
     for i, ids in enumerate(prompts):
-        ar = engine.generate(prompt_ids=ids, mode="ar", config=config, record_margins=True)
-        kangaroo = engine.generate(prompt_ids=ids, mode="kangaroo", config=config)
+        ar = engine.generate(prompt_ids=ids, config=replace(config, mode="ar"), record_margins=True)
+        kangaroo = engine.generate(prompt_ids=ids, config=replace(config, mode="kangaroo"))
         equality = compare_tokens(ar.output_ids, kangaroo.output_ids, ar.margins)
         report.prompts += 1
         if equality.position is None:

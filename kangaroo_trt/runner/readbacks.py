@@ -43,11 +43,11 @@ def count_reads() -> Iterator[list[int]]:
                 setattr(torch.Tensor, name, original)
 
 
-def reads_per_round(decoder, prompt_ids: list[int], mode: str, config) -> dict:
-    """One generation's rounds under the counter (the prefill is counted too, as part of the first round):
-    rounds, reads, the largest read in elements, and the tokens."""
+def reads_per_round(decoder, prompt_ids: list[int], config) -> dict:
+    """One generation's rounds (``config.mode``) under the counter (the prefill is counted too, as part of the first
+    round): rounds, reads, the largest read in elements, the tokens and the drafts per round."""
     with count_reads() as sizes:
-        rounds = list(decoder.generate(prompt_ids, mode, config))
+        rounds = list(decoder.generate(prompt_ids, config))
     return {"rounds": len(rounds), "reads": len(sizes), "largest_read": max(sizes, default=0),
             "tokens": [t for step, _ in rounds for t in step.tokens],
             "drafts": [len(step.drafts) for step, _ in rounds]}

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..config import DecodeConfig
 
 
 @dataclass
@@ -67,14 +69,17 @@ class AcceptanceLog:
 
 @dataclass(kw_only=True)
 class GenerationStats:
-    """What one generation cost and how its rounds went; constructed by keyword."""
+    """What one generation cost and how its rounds went; constructed by keyword.
 
-    mode: str
+    ``config``: the generation's decoding settings, whole; ``to_dict`` reports every field of it under "decode" (a
+    new decoding option is reported with no change here), and the mode, gamma, tau and sampling settings at the top
+    as before. ``mode``: the config's, unless another generator names itself (the transformers baseline: "hf").
+    """
+
+    config: DecodeConfig
     backend: str
     device: str
     precision: str
-    gamma: int
-    tau: float
     new_tokens: int
     prompt_tokens: int
     total_s: float
@@ -82,23 +87,41 @@ class GenerationStats:
     draft_s: float
     verify_s: float
     acceptance: AcceptanceLog
-    sampling: dict[str, Any] | None = None  # temperature, top_k, top_p, seed; None for greedy decoding
+    mode: str = ""
+
+    def __post_init__(self) -> None:
+        self.mode = self.mode or self.config.mode
+
+    @property
+    def gamma(self) -> int:
+        """The most drafts per round: the config's for Kangaroo, 0 for a generator that drafts none."""
+        return self.config.gamma if self.mode == "kangaroo" else 0
+
+    @property
+    def tau(self) -> float:
+        return self.config.tau
+
+    @property
+    def sampling(self) -> dict[str, Any] | None:
+        """temperature, top_k, top_p and seed; None for greedy decoding."""
+        c = self.config
+        return None if c.greedy else {"temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p, "seed": c.seed}
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        log = self.acceptance
+        log, kangaroo = self.acceptance, self.mode == "kangaroo"
         return {
             "tokens_per_s": self.tokens_per_s,
             "new_tokens": self.new_tokens,
             "prompt_tokens": self.prompt_tokens,
             "rounds": log.rounds,
             "mean_accepted": log.mean_accepted,
-            "accepted_by_position": log.accepted_by_position(self.gamma) if self.mode == "kangaroo" else [],
-            "ctar": log.ctar(self.gamma) if self.mode == "kangaroo" else [],
-            "accepted_histogram": log.histogram(self.gamma) if self.mode == "kangaroo" else [],
+            "accepted_by_position": log.accepted_by_position(self.gamma) if kangaroo else [],
+            "ctar": log.ctar(self.gamma) if kangaroo else [],
+            "accepted_histogram": log.histogram(self.gamma) if kangaroo else [],
             "total_s": self.total_s,
             "prefill_s": self.prefill_s,
             "draft_s": self.draft_s,
@@ -110,4 +133,5 @@ class GenerationStats:
             "gamma": self.gamma,
             "tau": self.tau,
             "sampling": self.sampling,
+            "decode": asdict(self.config),
         }

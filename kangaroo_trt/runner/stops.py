@@ -24,9 +24,13 @@ class StopStrings:
     def __bool__(self) -> bool:
         return bool(self.stops)
 
-    def find(self, text: str) -> int | None:
-        """Where the earliest stop string in ``text`` begins, or None."""
-        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+    @property
+    def longest(self) -> int:
+        return max(map(len, self.stops), default=0)
+
+    def find(self, text: str, start: int = 0) -> int | None:
+        """Where the earliest stop string in ``text`` beginning at ``start`` or later begins, or None."""
+        found = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
         return min(found) if found else None
 
     def held(self, text: str) -> int:
@@ -34,9 +38,10 @@ class StopStrings:
         return max((k for s in self.stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
                    default=0)
 
-    def tokens_through(self, decode: Callable[[list[int]], str], tokens: list[int], known: int) -> int:
-        """The fewest tokens whose text contains a stop string, given that the first ``known`` tokens' does not."""
-        for n in range(known + 1, len(tokens) + 1):
-            if self.find(decode(tokens[:n])) is not None:
+    def tokens_through(self, text_of: Callable[[int], str], known: int, total: int) -> int:
+        """The fewest of ``total`` tokens whose text (``text_of(n)``: the first n tokens') contains a stop string,
+        given that the first ``known`` tokens' does not."""
+        for n in range(known + 1, total + 1):
+            if self.find(text_of(n)) is not None:
                 return n
-        return len(tokens)
+        return total

@@ -53,9 +53,9 @@ class Worker:
     def stream(self, prompt_ids: list[int], mode: str, sampling: Sampling) -> "AsyncStream":
         """Start generating (``ConfigError`` / ``InputError`` for settings the engine refuses)."""
         max_tokens = sampling.max_tokens if sampling.max_tokens is not None else self.max_seq_len - len(prompt_ids)
-        config = self.engine.decode_config(max_new_tokens=max_tokens, temperature=sampling.temperature,
+        config = self.engine.decode_config(mode=mode, max_new_tokens=max_tokens, temperature=sampling.temperature,
                                            top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed)
-        return self.engine.astream(prompt_ids=prompt_ids, mode=mode, config=config, stop=sampling.stop)
+        return self.engine.astream(prompt_ids=prompt_ids, config=config, stop=sampling.stop)
 
     def close(self) -> None:
         self.engine.close()

@@ -70,17 +70,17 @@ def measure(engine_dir: Path, prompts: list[list[int]], settings: list[tuple[int
 
     engine = KangarooEngine.open(engine_dir, threads=threads)
     warm_up = engine.decode_config(max_new_tokens=8)
-    engine.generate(prompt_ids=prompts[0], mode="ar", config=warm_up)  # untimed
-    engine.generate(prompt_ids=prompts[0], mode="kangaroo", config=warm_up)
+    engine.generate(prompt_ids=prompts[0], config=dataclasses.replace(warm_up, mode="ar"))  # untimed
+    engine.generate(prompt_ids=prompts[0], config=warm_up)
     configs = {(gamma, tau): engine.decode_config(gamma=gamma, tau=tau, max_new_tokens=max_new_tokens)
                for gamma, tau in settings}
     ar, results = Measurement(), {s: Measurement() for s in settings}
     for ids in tqdm(prompts, desc=f"timing {engine_dir.name}", unit="prompt"):
-        base = engine.generate(prompt_ids=ids, mode="ar", config=engine.decode_config(max_new_tokens=max_new_tokens))
+        base = engine.generate(prompt_ids=ids, config=engine.decode_config(mode="ar", max_new_tokens=max_new_tokens))
         ar.tokens += len(base.output_ids)
         ar.seconds += base.stats.total_s
         for (gamma, tau), config in configs.items():
-            r = engine.generate(prompt_ids=ids, mode="kangaroo", config=config)
+            r = engine.generate(prompt_ids=ids, config=config)
             m = results[(gamma, tau)]
             m.tokens += len(r.output_ids)
             m.seconds += r.stats.total_s
