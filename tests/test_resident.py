@@ -55,6 +55,16 @@ def test_every_draft_accepted_on_device_rounds(oracle_engine):
         assert kangaroo["reads"] <= kangaroo["rounds"]
 
 
+def test_sampling_on_torch_draws_on_the_device(engine_dir):
+    """Speculative sampling on torch-cpu: the rule's coins and draws come back in one more small read per round."""
+    with KangarooEngine.open(engine_dir, backend="torch-cpu", threads=1) as engine:
+        engine.decoder.costs = CHEAP_ROWS
+        prompt_ids = engine.encode(CHECK_PROMPTS[0], chat=False)
+        run = reads_per_round(engine.decoder, prompt_ids, engine.decode_config(max_new_tokens=20, temperature=0.9, seed=1))
+        assert max(run["drafts"]) >= 2 and len(run["tokens"]) == 20
+        assert run["reads"] <= 2 * run["rounds"] and run["largest_read"] < engine.manifest.model.vocab_size, run
+
+
 def test_the_counter_sees_every_kind_of_read():
     x = torch.arange(6)
     with count_reads() as sizes:

@@ -39,37 +39,72 @@ class Greedy:
 
 
 class Sampling:
-    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.rng = np.random.default_rng(seed)
+    """Speculative sampling where the logits are (the device, on a device backend): the rows' distributions, the
+    acceptance coins and a draw from every row are computed in one batch, and one small read brings back the
+    coins' outcomes and the draws. Drawn with a ``torch.Generator`` per device (seeded with ``seed``): repeatable
+    on the same backend and device."""
 
-    def distribution(self, logits) -> np.ndarray:
-        """p over the vocabulary (float64): softmax(logits / temperature), then top-k, then the top-p nucleus."""
-        z = to_host(logits).astype(np.float64) / self.temperature
-        if 0 < self.top_k < z.size:
-            z[z < np.partition(z, -self.top_k)[-self.top_k]] = -np.inf
-        p = np.exp(z - z.max())
-        p /= p.sum()
+    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> None:
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self._generators: dict = {}
+
+    def _generator(self, device):
+        import torch
+
+        if device not in self._generators:
+            generator = self._generators[device] = torch.Generator(device=device)
+            if self.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(self.seed)
+        return self._generators[device]
+
+    def distribution(self, logits):
+        """p over the vocabulary per row of ``logits`` (float64 torch, where the logits are): softmax(logits /
+        temperature), then top-k, then the top-p nucleus."""
+        import torch
+
+        z = as_tensor(logits).double() / self.temperature
+        if 0 < self.top_k < z.shape[-1]:
+            z = z.masked_fill(z < z.topk(self.top_k, dim=-1).values[..., -1:], -torch.inf)
+        p = torch.softmax(z, dim=-1)
         if self.top_p < 1.0:
-            order = np.argsort(-p, kind="stable")
-            keep = np.cumsum(p[order]) - p[order] < self.top_p  # the smallest prefix whose mass reaches top_p
-            p[order[~keep]] = 0.0
-            p /= p.sum()
+            ranked, order = p.sort(dim=-1, descending=True, stable=True)
+            drop = ranked.cumsum(-1) - ranked >= self.top_p  # outside the smallest prefix whose mass reaches top_p
+            p = p.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
+            p = p / p.sum(-1, keepdim=True)
         return p
 
-    def draw(self, weights: np.ndarray) -> int:
-        """A token with probability proportional to ``weights`` (never one of weight 0)."""
-        cumulative = np.cumsum(weights)
-        return min(int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")), weights.size - 1)
-
     def verify(self, drafts: list[int], targets: list[int], logits) -> tuple[int, int]:
-        for i, draft in enumerate(drafts):
-            p = self.distribution(logits[i])
-            if self.rng.random() < p[draft]:
-                continue  # accepted with probability p_i(d)
-            p[draft] = 0.0  # rejected: resample from p_i without d (p_i(d) < 1 here, so mass remains)
-            return i, self.draw(p)
-        return len(drafts), self.draw(self.distribution(logits[len(drafts)]))
+        """Draft ``d_{i+1}`` is accepted with probability p_i(d); at the first rejection the token is drawn from p_i
+        without d, after k acceptances from p_k. Every row's coin and draw are made at once (they are independent,
+        so the draw of the row that decides is distributed as if drawn alone)."""
+        import torch
+
+        k = len(drafts)
+        p = self.distribution(logits[:k + 1])
+        generator, rows = self._generator(p.device), torch.arange(k, device=p.device)
+        d = torch.as_tensor(drafts, dtype=torch.int64).to(p.device)
+        coins = torch.rand(k, dtype=torch.float64, generator=generator, device=p.device) < p[rows, d]
+        without = p.clone()
+        without[rows, d] = 0.0
+        certain = without.sum(-1, keepdim=True) <= 0.0  # the draft held all the mass: never rejected, its draw unused
+        without = torch.where(certain, p, without)  # (no boolean indexing: that would wait for the device)
+        draws = torch.multinomial(without, 1, generator=generator)[:, 0]
+        out = to_host(torch.cat([coins.long(), draws])).tolist()  # the round's one read for the rule
+        accepted = out[:k].index(0) if 0 in out[:k] else k
+        return accepted, out[k + accepted]
+
+
+def as_tensor(array):
+    """A torch view of a graph output: numpy and CuPy arrays are shared, not copied (DLPack on the device)."""
+    import torch
+
+    if isinstance(array, torch.Tensor):
+        return array
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_dlpack(array)
 
 
 def rule_for(config: DecodeConfig) -> Greedy | Sampling:
