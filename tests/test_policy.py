@@ -164,8 +164,8 @@ def test_a_request_whose_confident_drafts_are_all_wrong_decays_to_plain_steps(ti
 
 
 def test_costs_are_measured_through_the_decoder_and_cached_outside_the_engine_directory(tiny_engine, tmp_path, monkeypatch):
+    directory = tiny_engine("llama-gqa-tied", max_seq_len=128, prefill_chunk=8)[0]  # built first: its check caches a table
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    directory = tiny_engine("llama-gqa-tied", max_seq_len=128, prefill_chunk=8)[0]
     before = sorted(p.name for p in directory.rglob("*"))
     engine = KangarooEngine.open(directory, threads=1)
     calls = []
@@ -180,10 +180,34 @@ def test_costs_are_measured_through_the_decoder_and_cached_outside_the_engine_di
     assert len(cached) == 1 and costs.load(cached[0]) == measured
     assert sorted(p.name for p in directory.rglob("*")) == before  # nothing written into the engine directory
     Manifest.read(directory).verify_files(directory)
-    again = KangarooEngine.open(directory, threads=1)
-    again.decoder._deep = lambda *a: pytest.fail("a cached table is not measured again")
+    again, rows = KangarooEngine.open(directory, threads=1), []
+    original = again.decoder._deep
+    again.decoder._deep = lambda hidden, start: rows.append(hidden.shape[1]) or original(hidden, start)
     assert again.cost_table() == measured
+    assert set(rows) == {1}, rows  # a quick plain-step check (costs.holds), not measured again
     assert any("deep pass by rows" in line for line in measured.lines())
+
+
+def test_a_cached_table_measured_under_load_is_measured_again(tiny_engine, tmp_path, monkeypatch):
+    """A table measured while other work slowed every call (here: written 10x too slow) would be cached for good; the
+    quick check at the next open sees the machine beat it and measures again. One that reads faster than the machine
+    now runs (measured quiet, checked under load) is kept."""
+    directory = tiny_engine("llama-gqa-tied", max_seq_len=128, prefill_chunk=8)[0]  # built first: its check caches a table
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    measured = KangarooEngine.open(directory, threads=1).cost_table()
+    [path] = (tmp_path / "cache" / "kangaroo-trt" / "costs").glob("*.json")
+
+    def scaled(factor: float) -> CostTable:
+        return CostTable(tuple(x * factor for x in measured.deep), tuple(x * factor for x in measured.shallow),
+                         measured.adapter * factor, measured.backend, measured.precision)
+
+    loaded = scaled(10.0)
+    costs.save(loaded, path)
+    fresh = KangarooEngine.open(directory, threads=1).cost_table()
+    assert fresh.plain_ms < loaded.plain_ms / 3 and costs.load(path) == fresh  # measured again, and cached
+    quiet = scaled(0.1)
+    costs.save(quiet, path)
+    assert KangarooEngine.open(directory, threads=1).cost_table() == quiet
 
 
 def test_calibration_from_real_drafts_is_stored_and_read_back(oracle_engine):

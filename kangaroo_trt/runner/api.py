@@ -143,7 +143,9 @@ class KangarooEngine:
 
     def cost_table(self) -> CostTable:
         """The measured graph costs the cost policy weighs (``runner/costs.py``): from the user's cache, else measured
-        now (a second or so) and cached, keyed by this manifest, backend, precision and threads."""
+        now (a second or so) and cached, keyed by this manifest, backend, precision and threads. A cached table is
+        checked against a quick plain step first and measured again when the machine now beats it (``costs.holds``:
+        it was measured under load)."""
         if self.backend is None:
             raise InputError("this engine is closed: open the engine directory again")
         rows = self.manifest.max_verify
@@ -153,7 +155,7 @@ class KangarooEngine:
             key = f"{self.manifest.digest()[:16]}-{thread_pool()}-rows{self.decoder.rows}"
             path = costs.cache_path(key, self.backend.name, self.precision, self.threads, rows)
             table = costs.load(path)
-            if table is None:
+            if table is None or not costs.holds(table, self.decoder):
                 table = costs.measure(self.decoder, rows, backend=self.backend.name, precision=self.precision)
                 costs.save(table, path)
             self.decoder.costs = table

@@ -7,7 +7,9 @@ one-row shallow pass). ``measure`` times them through the ``Decoder``'s own grap
 cache rows past position ``at`` only; run it between requests (every request's prefill rewrites what it reads).
 
 Tables are cached in the user's cache directory (``$XDG_CACHE_HOME/kangaroo-trt/costs``, never inside an engine
-directory, whose files the manifest lists), keyed by the manifest's digest, backend, precision and threads.
+directory, whose files the manifest lists), keyed by the manifest's digest, backend, precision and threads. A table
+measured while other work slowed the calls would read too slow for good; ``holds`` checks a cached table against a
+quick measurement of one plain step before it is used, and a table that the machine now beats is measured again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 REPEATS = 7  # timed calls per shape, interleaved across shapes so that load drifting shifts all of them alike
 QUANTILE = 25  # a low percentile of the repeats: the cost when the call had the cores (other load adds noise, not cost)
 SCHEMA = 1
+STALE = 0.8  # a cached table holds while a quick plain step takes at least this share of the table's plain step
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,15 @@ def measure(decoder, rows: int, at: int = 64, repeats: int = REPEATS, backend: s
     low = {key: float(np.percentile(v, QUANTILE)) for key, v in times.items()}
     return CostTable(_smooth([low[("deep", r)] for r in range(1, rows + 1)]),
                      _smooth([low[("shallow", r)] for r in range(1, rows + 1)]), low[("adapter", 1)], backend, precision)
+
+
+def holds(table: CostTable, decoder, at: int = 64) -> bool:
+    """Whether a cached ``table`` still describes ``decoder``: a quick measurement of one plain step (a one-row
+    shallow, adapter and deep call, ``REPEATS`` times) is not clearly faster than the table's plain step.
+
+    Load only slows calls down, so a table measured under load reads too slow and fails the check once the machine
+    is quieter; a check made under load reads slow itself and keeps the table (which is then the better one)."""
+    return measure(decoder, 1, at).plain_ms >= STALE * table.plain_ms
 
 
 def _smooth(ms: list[float]) -> tuple[float, ...]:
