@@ -48,7 +48,8 @@ HERE = Path(__file__).parent
 
 def collect(engine, prompt: str, new: int) -> dict:
     ids = engine.encode([{"role": "user", "content": prompt}], chat=True)
-    out = engine.generate(prompt_ids=ids, mode="ar", config=engine.decode_config(max_new_tokens=new)).output_ids
+    ar = engine.generate(prompt_ids=ids, mode="ar", config=engine.decode_config(max_new_tokens=new), record_margins=True)
+    out = ar.output_ids
     s = ids + out
     d, P = engine.decoder, len(ids)
     hidden = np.concatenate([d._shallow(s[i:i + d.prefill_chunk], i, pad=False)
@@ -71,7 +72,8 @@ def collect(engine, prompt: str, new: int) -> dict:
         look.append((len(copied), k))
         ngram.append(n)
     return {"prompt": prompt, "tokens": len(out), "conf": [conf[i] for i in span], "right": right,
-            "lookup": look, "ngram": ngram}
+            "lookup": look, "ngram": ngram, "tokens_from_t0": s[P - 1:], "drafts": [drafts[i] for i in span],
+            "margins": ar.margins}
 
 
 def runs(right: list[int]) -> list[int]:
