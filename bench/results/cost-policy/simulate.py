@@ -119,7 +119,7 @@ def variants(recs: list[dict]) -> None:
         return run
 
     rows = {
-        "shipped policy": lambda: summary(recs),
+        "this policy": lambda: summary(recs),
         "calibration fitted on these positions (in-sample)": lambda: summary(recs, lambda: DraftPolicy(MEASURED, true_prefix_calibration())),
         "adapter prior factor 0.5 (cautious start)": lambda: summary(recs, lambda: DraftPolicy(MEASURED, cal, adapter_outcomes=P.Outcomes(1.0, 2.0))),
         "adapter prior factor 1.25 (bold start)": lambda: summary(recs, lambda: DraftPolicy(MEASURED, cal, adapter_outcomes=P.Outcomes(2.5, 2.0))),
@@ -127,7 +127,10 @@ def variants(recs: list[dict]) -> None:
         "MEMORY 0.95 (slower)": constant("MEMORY", 0.95),
         "PROBE_EVERY 1 (adapter every round)": constant("PROBE_EVERY", 1),
         "PROBE_EVERY 4": constant("PROBE_EVERY", 4),
-        "GAIN_EMA 0.1": constant("GAIN_EMA", 0.1),
+        "SEEN_MEMORY 0.8": constant("SEEN_MEMORY", 0.8),
+        "SEEN_MEMORY 0.95": constant("SEEN_MEMORY", 0.95),
+        "SEEN_PRIOR 1": constant("SEEN_PRIOR", 1.0),
+        "SEEN_PRIOR 3": constant("SEEN_PRIOR", 3.0),
         "gamma 7": lambda: summary(recs, gamma=7),
         "no prompt lookup": lambda: summary(lookups(lambda k, ok: (0, 0))),
         "lookups perfect (only right ones, exact length)": lambda: summary(lookups(lambda k, ok: (ok, ok))),
