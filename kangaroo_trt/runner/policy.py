@@ -150,10 +150,11 @@ class DraftPolicy:
         total = sum(self.seen)
         if total < SEEN_PRIOR:
             return 0.0
-        plain, f = self._plain_value(), self.adapter_outcomes.factor
-        worth = [max(self._adapter_values([min(MAX_P, p * f)], 1, max(self.room, 1)).values()) - plain
-                 for p in self.calibration.first]
-        return sum(w * v for w, v in zip(self.seen, worth)) / total
+        room, f, later = max(self.room, 1), self.adapter_outcomes.factor, self._later_p()
+        times = [self.costs.adapter_round_ms(k, max(k, 1)) for k in range(room + 1)]
+        plain = self._plain_value()
+        return sum(w * (max(self._value(([min(MAX_P, p * f)] + [later] * room)[:k], times[k]) for k in range(room + 1))
+                        - plain) for w, p in zip(self.seen, self.calibration.first) if w > 1e-3 * total) / total
 
     # --- decisions ----------------------------------------------------------------------------------------
     def lookup_count(self, ngram: int, available: int) -> int:
