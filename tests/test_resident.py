@@ -7,6 +7,8 @@ what was read (``runner/readbacks.py``).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -15,8 +17,11 @@ from kangaroo_trt.runner.costs import CostTable
 from kangaroo_trt.runner.exactness import CHECK_PROMPTS
 from kangaroo_trt.runner.readbacks import count_reads, reads_per_round
 
-# What a GPU measures: a deep pass barely grows with its rows, a draft step is cheap. The cost policy then drafts.
-CHEAP_ROWS = CostTable(tuple(2.0 + 0.01 * r for r in range(8)), tuple(0.2 + 0.01 * r for r in range(8)), 0.05)
+def cheap_rows() -> CostTable:
+    """What a GPU measures: a deep pass barely grows with its rows, a draft step is cheap (the cost policy then
+    drafts), confirmed just now (so that the engine does not measure this machine instead)."""
+    return CostTable(tuple(2.0 + 0.01 * r for r in range(8)), tuple(0.2 + 0.01 * r for r in range(8)), 0.05,
+                     checked=time.time())
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def _reads(engine, mode: str):
 def test_a_greedy_round_on_torch_reads_back_once_and_never_the_logits(engine_dir, precision):
     with KangarooEngine.open(engine_dir, backend="torch-cpu", precision=precision, threads=1) as engine:
         assert engine.decoder.resident
-        engine.decoder.costs = CHEAP_ROWS  # rows as cheap as on a GPU: the cost policy drafts every round
+        engine.decoder.costs = cheap_rows()  # rows as cheap as on a GPU: the cost policy drafts every round
         vocab = engine.manifest.model.vocab_size
         ar, kangaroo = _reads(engine, "ar"), _reads(engine, "kangaroo")
         assert sum(d >= 2 for d in kangaroo["drafts"]) >= 3  # chains of drafts, not plain steps
@@ -48,7 +53,7 @@ def test_every_draft_accepted_on_device_rounds(oracle_engine):
     """The oracle model accepts every draft: rounds whose last draft's exit state the adapter never read (its
     catch-up in the next round) are lossless and still read back once."""
     with KangarooEngine.open(oracle_engine.directory, backend="torch-cpu", threads=1) as engine:
-        engine.decoder.costs = CHEAP_ROWS
+        engine.decoder.costs = cheap_rows()
         ar, kangaroo = _reads(engine, "ar"), _reads(engine, "kangaroo")
         assert kangaroo["tokens"] == ar["tokens"]
         assert max(kangaroo["drafts"]) > 1 and kangaroo["rounds"] * 2 <= len(kangaroo["tokens"])  # accepted chains
@@ -58,7 +63,7 @@ def test_every_draft_accepted_on_device_rounds(oracle_engine):
 def test_sampling_on_torch_draws_on_the_device(engine_dir):
     """Speculative sampling on torch-cpu: the rule's coins and draws come back in one more small read per round."""
     with KangarooEngine.open(engine_dir, backend="torch-cpu", threads=1) as engine:
-        engine.decoder.costs = CHEAP_ROWS
+        engine.decoder.costs = cheap_rows()
         prompt_ids = engine.encode(CHECK_PROMPTS[0], chat=False)
         run = reads_per_round(engine.decoder, prompt_ids, engine.decode_config(max_new_tokens=20, temperature=0.9, seed=1))
         assert max(run["drafts"]) >= 2 and len(run["tokens"]) == 20
@@ -78,7 +83,7 @@ def test_device_rounds_on_host_arrays_equal_host_rounds(engine_dir):
     """The device round's logic on ONNX Runtime CPU (numpy: the same code with host arrays) gives AR's tokens, and the
     per-draft rule still reads each draft where it runs."""
     with KangarooEngine.open(engine_dir, backend="onnxruntime-cpu", threads=1) as engine:
-        engine.decoder.costs = CHEAP_ROWS
+        engine.decoder.costs = cheap_rows()
         prompt_ids = engine.encode(CHECK_PROMPTS[1], chat=False)
         config = engine.decode_config(max_new_tokens=24)
         ar = engine.generate(prompt_ids=prompt_ids, config=engine.decode_config(max_new_tokens=24, mode="ar")).output_ids

@@ -7,16 +7,19 @@ one-row shallow pass). ``measure`` times them through the ``Decoder``'s own grap
 cache rows past position ``at`` only; run it between requests (every request's prefill rewrites what it reads).
 
 Tables are cached in the user's cache directory (``$XDG_CACHE_HOME/kangaroo-trt/costs``, never inside an engine
-directory, whose files the manifest lists), keyed by the manifest's digest, backend, precision and threads.
+directory, whose files the manifest lists), keyed by the manifest's digest, backend, precision and threads. A table
+measured while other work slowed the calls would read too slow for good: a table not confirmed for ``RECHECK_S``
+(a cached one from an earlier session, or the one a long-running server uses) is checked against a quick measurement
+of one plain step (``holds``) before it is used again, and measured again when the machine now beats it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, time
 
 import numpy as np
 
@@ -25,6 +28,8 @@ from .arrays import to_host
 REPEATS = 7  # timed calls per shape, interleaved across shapes so that load drifting shifts all of them alike
 QUANTILE = 25  # a low percentile of the repeats: the cost when the call had the cores (other load adds noise, not cost)
 SCHEMA = 1
+STALE = 0.8  # a table holds while a quick plain step takes at least this share of the table's plain step
+RECHECK_S = 600.0  # a table last measured or confirmed longer ago than this is checked again before use
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class CostTable:
     adapter: float
     backend: str = ""
     precision: str = ""
+    checked: float = field(default=0.0, compare=False)  # when it was last measured or confirmed (time.time())
 
     def __post_init__(self) -> None:
         if not self.deep or len(self.deep) != len(self.shallow):
@@ -78,7 +84,7 @@ class CostTable:
         if d.get("schema") != SCHEMA:
             raise ValueError(f"cost table schema {d.get('schema')!r}, expected {SCHEMA}")
         return cls(tuple(float(x) for x in d["deep"]), tuple(float(x) for x in d["shallow"]), float(d["adapter"]),
-                   str(d.get("backend", "")), str(d.get("precision", "")))
+                   str(d.get("backend", "")), str(d.get("precision", "")), float(d.get("checked", 0.0)))
 
     def lines(self) -> list[str]:
         """The table as text (``kangaroo-bench`` prints it)."""
@@ -110,7 +116,27 @@ def measure(decoder, rows: int, at: int = 64, repeats: int = REPEATS, backend: s
             times[key].append((perf_counter() - t) * 1e3)
     low = {key: float(np.percentile(v, QUANTILE)) for key, v in times.items()}
     return CostTable(_smooth([low[("deep", r)] for r in range(1, rows + 1)]),
-                     _smooth([low[("shallow", r)] for r in range(1, rows + 1)]), low[("adapter", 1)], backend, precision)
+                     _smooth([low[("shallow", r)] for r in range(1, rows + 1)]), low[("adapter", 1)], backend, precision,
+                     time())
+
+
+def holds(table: CostTable, decoder, at: int = 64) -> bool:
+    """Whether ``table`` still describes ``decoder``: a quick measurement of one plain step (a one-row shallow,
+    adapter and deep call, ``REPEATS`` times) is not clearly faster than the table's plain step.
+
+    Load only slows calls down, so a table measured under load reads too slow and fails the check once the machine
+    is quieter; a check made under load reads slow itself and keeps the table (which is then the better one)."""
+    return measure(decoder, 1, at).plain_ms >= STALE * table.plain_ms
+
+
+def due(table: CostTable) -> bool:
+    """Whether ``table`` was last measured or confirmed more than ``RECHECK_S`` ago (or at an unknown time)."""
+    return not 0.0 <= time() - table.checked <= RECHECK_S
+
+
+def confirmed(table: CostTable) -> CostTable:
+    """``table`` marked as confirmed now (``holds`` said so)."""
+    return replace(table, checked=time())
 
 
 def _smooth(ms: list[float]) -> tuple[float, ...]:

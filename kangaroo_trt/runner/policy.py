@@ -10,11 +10,15 @@ the k (zero included) with the highest value:
 * adapter drafts, one at a time: after each draft, its confidence (calibrated to an acceptance chance per
   position, ``Calibration.first`` / ``later``) decides between verifying without it, stopping with it, or
   drafting on (later drafts assumed as likely as the calibration's mean);
-* whether to run the adapter at all: a running estimate of what adapter rounds gained; a request where they do
-  not pay takes plain steps, with a probe every ``PROBE_EVERY`` plain steps so that it can recover.
+* whether to run the adapter at all: what an adapter round is worth against a plain step, averaged over the first
+  drafts' confidences this request has seen (recent ones weigh most), each valued with the current correction
+  factor; a request where that does not pay takes plain steps, with a probe every ``PROBE_EVERY`` plain steps so
+  that it can recover.
 
 Per-request learning: verified drafts' outcomes against their predicted chances give a correction factor
-(recent rounds weigh most) that scales the calibration for the rest of the request.
+(recent rounds weigh most) that scales the calibration for the rest of the request. How often the first draft is
+confident and how often a draft of a given confidence is right are learnt apart, so that a request whose confident
+drafts are rare but right keeps drafting for them, and one whose drafts fail stops, whatever their confidence.
 
 Only the drafts change: the deep pass verifies whatever is proposed with the same rule, so output is unchanged.
 """
@@ -31,7 +35,8 @@ MAX_P = 0.98  # no draft is certain
 PRIOR_WEIGHT = 2.0  # the calibration counts as this many verified drafts against the request's own outcomes
 MEMORY = 0.9  # per verified draft, older outcomes weigh this much less
 RATE_PRIOR = 4.0  # plain steps counted into the achieved rate, so that one lucky round does not set it
-GAIN_EMA = 0.3  # weight of the newest adapter round in the running estimate of what drafting gains
+SEEN_MEMORY = 0.9  # per adapter round, older first-draft confidences weigh this much less
+SEEN_PRIOR = 2.0  # until first drafts of this weight were seen, the request drafts (the calibration says it pays)
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,11 @@ class Calibration:
         if len(self.lookup_later) != len(self.lookup):
             raise ValueError("calibration: lookup and lookup_later need one entry per n-gram length")
 
+    def bin(self, confidence: float) -> int:
+        return min(bisect.bisect_left(self.edges, confidence), len(self.edges) - 1)
+
     def adapter(self, confidence: float, position: int) -> float:
-        b = min(bisect.bisect_left(self.edges, confidence), len(self.edges) - 1)
-        return (self.first if position == 1 else self.later)[b]
+        return (self.first if position == 1 else self.later)[self.bin(confidence)]
 
     def lookup_chance(self, ngram: int, position: int) -> float:
         return (self.lookup if position == 1 else self.lookup_later)[min(ngram, len(self.lookup)) - 1]
@@ -98,7 +105,8 @@ class DraftPolicy:
     calibration: Calibration = field(default_factory=Calibration)
     adapter_outcomes: Outcomes = field(default_factory=Outcomes)
     lookup_outcomes: Outcomes = field(default_factory=Outcomes)
-    gain: float = 0.0  # running estimate of an adapter round's value over a plain step, in tokens (>= 0: draft)
+    seen: list[float] = field(default_factory=list)  # weighted count of first drafts per confidence bin
+    room: int = 0  # the most drafts the last adapter round could verify
     plain_streak: int = 0
     tokens: float = 0.0
     time_ms: float = 0.0
@@ -125,6 +133,29 @@ class DraftPolicy:
     def _adapter_p(self, confidence: float, position: int) -> float:
         return min(MAX_P, self.calibration.adapter(confidence, position) * self.adapter_outcomes.factor)
 
+    def _later_p(self) -> float:
+        return min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
+
+    def _adapter_values(self, known: list[float], j: int, room: int) -> dict[int, float]:
+        """Value of verifying k = j - 1 .. room adapter drafts, the first j chances known (later ones: the mean)."""
+        later, c = self._later_p(), self.costs
+        return {k: self._value(known[:k] + [later] * (k - j), c.adapter_round_ms(k, max(k, j)))
+                for k in range(j - 1, room + 1)}
+
+    @property
+    def gain(self) -> float:
+        """What an adapter round is worth over a plain step, in tokens (>= 0: draft): its best choice after the first
+        draft, averaged over the first drafts' confidence bins seen, each valued with today's correction factor.
+        0 until SEEN_PRIOR first drafts were seen (the calibration says drafting pays)."""
+        total = sum(self.seen)
+        if total < SEEN_PRIOR:
+            return 0.0
+        room, f, later = max(self.room, 1), self.adapter_outcomes.factor, self._later_p()
+        times = [self.costs.adapter_round_ms(k, max(k, 1)) for k in range(room + 1)]
+        plain = self._plain_value()
+        return sum(w * (max(self._value(([min(MAX_P, p * f)] + [later] * room)[:k], times[k]) for k in range(room + 1))
+                        - plain) for w, p in zip(self.seen, self.calibration.first) if w > 1e-3 * total) / total
+
     # --- decisions ----------------------------------------------------------------------------------------
     def lookup_count(self, ngram: int, available: int) -> int:
         """How many of ``available`` copied tokens (after an ``ngram``-token match) to verify; 0: none."""
@@ -140,7 +171,7 @@ class DraftPolicy:
     def start_adapter(self) -> bool:
         """Whether this round runs the adapter (else it is a plain step)."""
         self._chances, self._kind = [], "plain"
-        if self.gain >= 0.0 or self.plain_streak >= PROBE_EVERY:
+        if self.plain_streak >= PROBE_EVERY or self.gain >= 0.0:
             self._kind = "adapter"
             return True
         return False
@@ -149,31 +180,28 @@ class DraftPolicy:
         """After the adapter proposed draft j (confidence given): "drop" it (verify drafts 1..j-1), "keep" it and
         stop, or draft "more" (at most ``room`` drafts in all)."""
         j = len(self._chances) + 1
+        if j == 1:  # how confident this request's first drafts are
+            self.seen = [w * SEEN_MEMORY for w in self.seen or [0.0] * len(self.calibration.edges)]
+            self.seen[self.calibration.bin(confidence)] += 1.0
+            self.room = room
         known = self._chances + [self._adapter_p(confidence, j)]
-        later = min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
-        c = self.costs
-
-        def value(k: int) -> float:
-            chances = known[:k] + [later] * (k - j)
-            return self._value(chances, c.adapter_round_ms(k, max(k, j)))
-
-        values = {k: value(k) for k in range(j - 1, room + 1)}
+        values = self._adapter_values(known, j, room)
         best = max(values, key=values.__getitem__)
         self._chances = known if best >= j else self._chances
         if best == j - 1 or best == j:
-            # What this adapter round is worth against a plain step that never ran the adapter.
-            self.gain = (1 - GAIN_EMA) * self.gain + GAIN_EMA * (values[best] - self._plain_value())
             return "keep" if best == j else "drop"
         return "more"
 
     def plan_adapter(self, room: int) -> int:
         """How many adapter drafts (at most ``room``; 0: a plain step) a round drafts without reading them as they
         come (a device backend's round, ``Decoder.policy_round``): every draft counts as likely as the calibration's
-        mean, corrected by this request's outcomes. Call after ``start_adapter``."""
-        later = min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
+        mean, corrected by this request's outcomes; after PROBE_EVERY plain steps one draft is verified anyway (the
+        correction learns only from verified drafts). Call after ``start_adapter``."""
+        later = self._later_p()
         values = [self._value([later] * k, self.costs.adapter_round_ms(k, k)) for k in range(room + 1)]
         best = max(range(room + 1), key=values.__getitem__)
-        self.gain = (1 - GAIN_EMA) * self.gain + GAIN_EMA * (values[best] - self._plain_value())
+        if not best and room and self.plain_streak >= PROBE_EVERY:
+            best = 1
         self._chances, self._kind = ([later] * best, "adapter") if best else ([], "plain")
         return best
 
