@@ -95,11 +95,11 @@ def test_adapter_cache_stays_in_step_across_lookup_rounds(oracle_engine):
 
 def test_lookup_drafts_sample_the_same_first_token_as_plain_sampling(oracle_engine):
     """Sampling with lookup drafts: the first round's drafts come from the prompt (a deterministic proposal), and
-    the first sampled token must follow plain sampling's distribution (400 seeds each)."""
+    the first sampled token must follow plain sampling's distribution (1000 seeds each: the total variation between two samples of 400 is often 0.08 by chance)."""
     head = [5, 17, 42, 9]
     greedy = oracle_engine.generate(prompt_ids=head, config=oracle_engine.decode_config(mode="ar", max_new_tokens=6)).output_ids
     prompt = head + greedy + head  # lookup drafts the greedy continuation again: often accepted, sometimes not
-    n, counts, kinds = 400, {}, []
+    n, counts, kinds = 1000, {}, []
     for mode in ("ar", "kangaroo"):
         seen: dict[int, int] = {}
         for seed in range(n):

@@ -117,8 +117,8 @@ def test_seeded_sampling_repeats_and_seeds_differ(engine):
 
 def test_kangaroo_and_ar_sample_the_same_first_token(oracle_engine):
     """End to end on a real engine whose drafts are the target's argmax (so the draft is accepted or resampled
-    in most rounds): the first sampled token's distribution, Kangaroo vs plain sampling, 400 seeds each."""
-    n, counts, prompt = 400, {}, [5, 17, 42, 9]
+    in most rounds): the first sampled token's distribution, Kangaroo vs plain sampling, 1000 seeds each."""
+    n, counts, prompt = 1000, {}, [5, 17, 42, 9]
     for mode in ("ar", "kangaroo"):
         seen: dict[int, int] = {}
         for seed in range(n):
