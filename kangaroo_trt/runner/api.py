@@ -162,10 +162,12 @@ class KangarooEngine:
         path = costs.cache_path(key, self.backend.name, self.precision, self.threads, rows)
         if table is None or table.rows < rows:
             table = costs.load(path)
+        known = table
         if table is not None and costs.due(table):
             table = costs.confirmed(table) if costs.holds(table, self.decoder) else None
         if table is None:
             table = costs.measure(self.decoder, rows, backend=self.backend.name, precision=self.precision)
+        if table is not known:  # measured or confirmed now: the next process need not check it again for a while
             costs.save(table, path)
         self.decoder.costs = table
         return table

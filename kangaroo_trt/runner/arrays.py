@@ -48,6 +48,17 @@ def to_host(array) -> np.ndarray:
     return array.get() if hasattr(array, "get") else np.array(array, copy=True)
 
 
+def as_tensor(array):
+    """A torch tensor of ``array`` where it is: numpy and CuPy arrays are shared, not copied (DLPack on the device)."""
+    import torch
+
+    if _is_torch(array):
+        return array
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_dlpack(array)
+
+
 def top2_margins(logits) -> np.ndarray:
     """Per row of ``logits`` [n, vocab], the top-1 minus the top-2 logit, computed where the logits are (only the n
     margins are read back)."""

@@ -105,19 +105,46 @@ def measure(decoder, rows: int, at: int = 64, repeats: int = REPEATS, backend: s
     """Time ``decoder``'s graph calls for 1 .. ``rows`` rows at position ``at`` (one untimed call per shape first).
 
     A low percentile per shape, smoothed over the row count (``_smooth``)."""
+    low = _timed(_calls(decoder, rows, at, chain=True), repeats)
+    shallow = _smooth([low[("shallow", r)] for r in range(1, rows + 1)])
+    draft_step = low[("chain", CHAIN)] / CHAIN
+    return CostTable(_smooth([low[("deep", r)] for r in range(1, rows + 1)]), shallow,
+                     round(max(draft_step - shallow[0], 0.1 * draft_step), 4), backend, precision, time())
+
+
+def holds(table: CostTable, decoder, at: int = 64) -> bool:
+    """Whether ``table`` still describes ``decoder``: a quick measurement of one plain step (a one-row shallow and
+    deep call, ``REPEATS`` times) is not clearly faster than the table's plain step.
+
+    Load only slows calls down, so a table measured under load reads too slow and fails the check once the machine
+    is quieter; a check made under load reads slow itself and keeps the table (which is then the better one)."""
+    low = _timed(_calls(decoder, 1, at, chain=False), REPEATS)
+    return low[("shallow", 1)] + low[("deep", 1)] >= STALE * table.plain_ms
+
+
+def _calls(decoder, rows: int, at: int, chain: bool) -> dict:
+    """(kind, rows) -> a call of ``decoder``'s graphs: deep and shallow passes of 1 .. ``rows`` rows at position
+    ``at``, and with ``chain`` a chain of CHAIN draft steps. Each ends with a one-element read, which waits for a
+    device backend's work to finish."""
     at = max(0, min(at, decoder.max_seq_len - rows - 1))
     hidden = decoder._shallow([0] * rows, at)  # exit states to feed the deep and adapter graphs
-    # Each timed call ends with a one-element read, which waits for a device backend's work to finish.
     calls = {("deep", r): (lambda r=r: to_host(decoder._deep(hidden[:, :r], at)[0][:, :1])) for r in range(1, rows + 1)}
     calls.update({("shallow", r): (lambda r=r: to_host(decoder._shallow([0] * r, at)[:, :1, :1])) for r in range(1, rows + 1)})
 
-    def chain():  # draft steps back to back, as a round runs them: an adapter row, then the draft's shallow row
+    def draft_steps():  # back to back, as a round runs them: an adapter row, then the draft's shallow row
         for _ in range(CHAIN):
             draft = decoder._adapter(hidden[:, :1], at)[0]
             exit_state = decoder._shallow(draft, at + 1)
         to_host(exit_state[:, :1, :1])
 
-    calls[("chain", CHAIN)] = chain
+    if chain:
+        calls[("chain", CHAIN)] = draft_steps
+    return calls
+
+
+def _timed(calls: dict, repeats: int) -> dict:
+    """Milliseconds per call: a low percentile of ``repeats`` timed runs, interleaved across the calls, after one
+    untimed run each."""
     for call in calls.values():
         call()
     times: dict = {key: [] for key in calls}
@@ -126,20 +153,7 @@ def measure(decoder, rows: int, at: int = 64, repeats: int = REPEATS, backend: s
             t = perf_counter()
             call()
             times[key].append((perf_counter() - t) * 1e3)
-    low = {key: float(np.percentile(v, QUANTILE)) for key, v in times.items()}
-    shallow = _smooth([low[("shallow", r)] for r in range(1, rows + 1)])
-    draft_step = low[("chain", CHAIN)] / CHAIN
-    return CostTable(_smooth([low[("deep", r)] for r in range(1, rows + 1)]), shallow,
-                     round(max(draft_step - shallow[0], 0.1 * draft_step), 4), backend, precision, time())
-
-
-def holds(table: CostTable, decoder, at: int = 64) -> bool:
-    """Whether ``table`` still describes ``decoder``: a quick measurement of one plain step (a one-row shallow,
-    adapter and deep call, ``REPEATS`` times) is not clearly faster than the table's plain step.
-
-    Load only slows calls down, so a table measured under load reads too slow and fails the check once the machine
-    is quieter; a check made under load reads slow itself and keeps the table (which is then the better one)."""
-    return measure(decoder, 1, at).plain_ms >= STALE * table.plain_ms
+    return {key: float(np.percentile(v, QUANTILE)) for key, v in times.items()}
 
 
 def due(table: CostTable) -> bool:

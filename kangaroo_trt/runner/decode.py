@@ -374,6 +374,7 @@ class Decoder:
             return tokens[:remaining], "max_new_tokens"
         return tokens, None
 
+
 def read_back(drafts: list, targets) -> tuple[list[int], list[int]]:
     """A round's drafts and target ids as host lists: the round's one device-to-host copy. Drafts are host ints
     (a rule read them as they came) or still-unread [1, 1] arrays of a device round, which cross with the targets."""
@@ -381,6 +382,7 @@ def read_back(drafts: list, targets) -> tuple[list[int], list[int]]:
         both = to_host(concat([*drafts, targets]))[0].tolist()
         return both[:len(drafts)], both[len(drafts):]
     return drafts, to_host(targets)[0].tolist()
+
 
 def positions(start: int, n: int) -> np.ndarray:
     """``position_ids`` [1, n] for n new tokens from ``start``."""

@@ -17,10 +17,8 @@ one target token (the correction, or a bonus token when every draft was accepted
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..config import DecodeConfig
-from .arrays import to_host
+from .arrays import as_tensor, to_host
 
 
 def accepted_prefix(drafts: list[int], targets: list[int]) -> int:
@@ -94,17 +92,6 @@ class Sampling:
         out = to_host(torch.cat([coins.long(), draws])).tolist()  # the round's one read for the rule
         accepted = out[:k].index(0) if 0 in out[:k] else k
         return accepted, out[k + accepted]
-
-
-def as_tensor(array):
-    """A torch view of a graph output: numpy and CuPy arrays are shared, not copied (DLPack on the device)."""
-    import torch
-
-    if isinstance(array, torch.Tensor):
-        return array
-    if isinstance(array, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(array))
-    return torch.from_dlpack(array)
 
 
 def rule_for(config: DecodeConfig) -> Greedy | Sampling:
