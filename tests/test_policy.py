@@ -138,6 +138,28 @@ def test_a_request_whose_drafts_fail_decays_to_plain_steps_and_one_whose_drafts_
     assert drafts == 5 and landing.adapter_outcomes.factor > 1.0
 
 
+def test_the_correction_learns_the_true_ratio_of_acceptance_to_the_calibration():
+    """Drafts land at a fixed share of what the calibration says. Where rows are free the policy verifies every
+    first draft, so each one is judged; the correction factor must settle at that share. Learnt against the
+    corrected chances (what the rounds were valued with), it settled near the square root instead (0.69 for a
+    share of 0.5): a request whose drafts land half as often as the calibration says was valued as if they landed
+    more often."""
+    import random
+
+    even = Calibration(first=(0.6,) * 10, later=(0.6,) * 10, mean_later=0.6)
+    for share in (0.5, 1.5):
+        rng, factors = random.Random(0), []
+        for _ in range(100):
+            policy = DraftPolicy(CHEAP_ROWS, even)
+            for _ in range(60):
+                assert policy.start_adapter()
+                assert policy.after_draft(0.6, room=1) == "keep"
+                accepted = int(rng.random() < 0.6 * share)
+                policy.observe(1, accepted, accepted + 1)
+            factors.append(policy.adapter_outcomes.factor)
+        assert abs(np.mean(factors) - share) < 0.08 * share, (share, np.mean(factors))
+
+
 def test_a_request_whose_confident_drafts_are_rare_but_right_keeps_drafting_for_them():
     """One position in 8 has a confident draft (0.95, right), the others a hopeless one (0.05, wrong). A round that
     finds a hopeless first draft drops it and pays only the adapter row (1.5 ms of a 27.5 ms step); one that finds a

@@ -110,7 +110,8 @@ class DraftPolicy:
     plain_streak: int = 0
     tokens: float = 0.0
     time_ms: float = 0.0
-    _chances: list[float] = field(default_factory=list)  # the current round's predicted acceptance chances
+    _chances: list[float] = field(default_factory=list)  # the current round's acceptance chances, corrected
+    _basis: list[float] = field(default_factory=list)  # the same from the calibration alone: what outcomes judge
     _kind: str = "plain"
 
     # --- what a round is worth ----------------------------------------------------------------------------
@@ -136,6 +137,9 @@ class DraftPolicy:
     def _later_p(self) -> float:
         return min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
 
+    def _plan(self, kind: str, chances: list[float], basis: list[float]) -> None:
+        self._kind, self._chances, self._basis = kind, chances, basis
+
     def _adapter_values(self, known: list[float], j: int, room: int) -> dict[int, float]:
         """Value of verifying k = j - 1 .. room adapter drafts, the first j chances known (later ones: the mean)."""
         later, c = self._later_p(), self.costs
@@ -160,17 +164,18 @@ class DraftPolicy:
     def lookup_count(self, ngram: int, available: int) -> int:
         """How many of ``available`` copied tokens (after an ``ngram``-token match) to verify; 0: none."""
         c, f = self.costs, self.lookup_outcomes.factor
-        chances = [min(MAX_P, self.calibration.lookup_chance(ngram, i + 1) * f) for i in range(available)]
+        basis = [self.calibration.lookup_chance(ngram, i + 1) for i in range(available)]
+        chances = [min(MAX_P, p * f) for p in basis]
         values = [self._value(chances[:k], c.lookup_round_ms(k)) for k in range(available + 1)]
         best = max(range(available + 1), key=values.__getitem__)
         if best and values[best] - values[0] > max(self.gain, 0.0):
-            self._chances, self._kind = chances[:best], "lookup"
+            self._plan("lookup", chances[:best], basis[:best])
             return best
         return 0
 
     def start_adapter(self) -> bool:
         """Whether this round runs the adapter (else it is a plain step)."""
-        self._chances, self._kind = [], "plain"
+        self._plan("plain", [], [])
         if self.plain_streak >= PROBE_EVERY or self.gain >= 0.0:
             self._kind = "adapter"
             return True
@@ -187,7 +192,8 @@ class DraftPolicy:
         known = self._chances + [self._adapter_p(confidence, j)]
         values = self._adapter_values(known, j, room)
         best = max(values, key=values.__getitem__)
-        self._chances = known if best >= j else self._chances
+        if best >= j:
+            self._chances, self._basis = known, self._basis + [self.calibration.adapter(confidence, j)]
         if best == j - 1 or best == j:
             return "keep" if best == j else "drop"
         return "more"
@@ -202,22 +208,25 @@ class DraftPolicy:
         best = max(range(room + 1), key=values.__getitem__)
         if not best and room and self.plain_streak >= PROBE_EVERY:
             best = 1
-        self._chances, self._kind = ([later] * best, "adapter") if best else ([], "plain")
+        self._plan("adapter" if best else "plain", [later] * best, [self.calibration.mean_later] * best)
         return best
 
     # --- learning ---------------------------------------------------------------------------------------
     def observe(self, drafts: int, accepted: int, committed: int) -> None:
-        """What the round's deep pass judged: corrects the calibration and the achieved rate."""
+        """What the round's deep pass judged: corrects the calibration and the achieved rate.
+
+        The correction factor is learnt against the calibration's own chances, not the corrected ones the round
+        was valued with: against those it would settle near the square root of the true ratio (too little)."""
         c = self.costs
         if self._kind == "lookup":
-            self.lookup_outcomes.add(self._chances[:drafts], accepted)
+            self.lookup_outcomes.add(self._basis[:drafts], accepted)
             time_ms = c.lookup_round_ms(drafts)
         elif self._kind == "adapter":
-            self.adapter_outcomes.add(self._chances[:drafts], accepted)
+            self.adapter_outcomes.add(self._basis[:drafts], accepted)
             time_ms = c.adapter_round_ms(drafts, drafts + 1)
         else:
             time_ms = c.plain_ms
         self.plain_streak = self.plain_streak + 1 if self._kind == "plain" else 0
         self.tokens += committed
         self.time_ms += time_ms
-        self._chances, self._kind = [], "plain"
+        self._plan("plain", [], [])

@@ -36,12 +36,12 @@ def replay(rec: dict, policy: DraftPolicy, c=MEASURED, gamma: int = GAMMA) -> tu
         if copied and (k := policy.lookup_count(rec["ngram"][p], copied)):
             acc = min(ok, k)
             t += c.lookup_round_ms(k)
-            policy.observe(k, acc, acc + 1, **_extra(policy, None))
+            policy.observe(k, acc, acc + 1)
             p += acc + 1
             continue
         if room < 1 or not policy.start_adapter():
             t += c.plain_ms
-            policy.observe(0, 0, 1, **_extra(policy, None))
+            policy.observe(0, 0, 1)
             p += 1
             continue
         drafts, rows = 0, 0
@@ -57,14 +57,9 @@ def replay(rec: dict, policy: DraftPolicy, c=MEASURED, gamma: int = GAMMA) -> tu
         while acc < drafts and right[p + acc]:
             acc += 1
         t += c.adapter_round_ms(drafts, rows)
-        # what the deep pass says of the first draft the adapter proposed, dropped or not
-        policy.observe(drafts, acc, acc + 1, **_extra(policy, bool(right[p])))
+        policy.observe(drafts, acc, acc + 1)
         p += acc + 1
     return t, passes
-
-
-def _extra(policy, first_right):
-    return {"first_right": first_right} if "first_right" in DraftPolicy.observe.__code__.co_varnames else {}
 
 
 def shipped() -> Calibration:
