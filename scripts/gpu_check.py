@@ -229,7 +229,8 @@ def measure(engine, prompts: list[Prompt], max_new_tokens: int) -> tuple[dict, d
     config = {m: engine.decode_config(mode=m, max_new_tokens=max_new_tokens) for m in ("ar", "kangaroo")}
     for mode in ("ar", "kangaroo"):
         engine.generate(prompt_ids=list(prompts[0].ids), config=engine.decode_config(mode=mode, max_new_tokens=min(max_new_tokens, 64)))
-    totals = {m: {"s": 0.0, "prefill_s": 0.0, "tokens": 0, "passes": 0} for m in ("ar", "kangaroo")}
+    totals = {m: {"s": 0.0, "prefill_s": 0.0, "tokens": 0, "passes": 0, "drafted": 0, "drafting": 0}
+              for m in ("ar", "kangaroo")}
     outputs: dict[str, list[list[int]]] = {"ar": [], "kangaroo": []}
     divergences = []
     for i, prompt in enumerate(prompts):
@@ -241,6 +242,8 @@ def measure(engine, prompts: list[Prompt], max_new_tokens: int) -> tuple[dict, d
             t["prefill_s"] += r.stats.prefill_s
             t["tokens"] += r.stats.new_tokens
             t["passes"] += r.stats.acceptance.rounds
+            t["drafted"] += sum(r.stats.acceptance.drafted)
+            t["drafting"] += sum(d > 0 for d in r.stats.acceptance.drafted)
         for mode in outputs:
             outputs[mode].append(results[mode].output_ids)
         if results["ar"].output_ids != results["kangaroo"].output_ids:
@@ -256,6 +259,10 @@ def measure(engine, prompts: list[Prompt], max_new_tokens: int) -> tuple[dict, d
            "ar_ms_per_token_with_prefill": ms(ar["s"], ar["tokens"]),
            "kangaroo_ms_per_token_with_prefill": ms(k["s"], k["tokens"]),
            "tokens_per_deep_pass": k["tokens"] / k["passes"] if k["passes"] else None,
+           # how deep the cost policy drafts here: drafts verified per deep pass, and per pass that verified any
+           "drafts_per_deep_pass": k["drafted"] / k["passes"] if k["passes"] else None,
+           "drafts_per_drafting_pass": k["drafted"] / k["drafting"] if k["drafting"] else None,
+           "cost_table": costs.to_dict() if (costs := engine.decoder.costs) is not None else None,
            "ar_tokens": ar["tokens"], "kangaroo_tokens": k["tokens"],
            "equal": not divergences, "n_prompts": len(prompts), "identical": len(prompts) - len(divergences),
            "divergences": divergences}
@@ -411,6 +418,17 @@ def fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def costs_cell(table: dict | None) -> str:
+    """A cost table in a few numbers: the one-row deep pass, what each further row adds, and a draft step."""
+    if not table:
+        return "-"
+    from kangaroo_trt.runner.costs import CostTable
+
+    t = CostTable.from_dict(table)
+    per_row = (t.deep[-1] - t.deep[0]) / (t.rows - 1) if t.rows > 1 else 0.0
+    return f"{t.deep[0]:.2f}, +{per_row:.2f}, {t.draft_ms:.2f}"
+
+
 def markdown(results: dict, reports: list) -> str:
     from kangaroo_trt.markdown import markdown_table
 
@@ -420,8 +438,10 @@ def markdown(results: dict, reports: list) -> str:
              f"{s['prompts']} chat prompts x {s['max_new_tokens']} new tokens (rows with CUDA graphs off: the first "
              f"{s['eager_prompts']}; CPU rows: the first {s['cpu_prompts']}), "
              f"gamma {s['gamma']}, tau {s['tau']}; ms/token is decode time per token (prefill excluded; with prefill "
-             "in brackets). Kernels: one AR step / one verify step / one Kangaroo round. Host reads per round: device-to-host "
-             "reads of torch tensors per round, AR / Kangaroo (torch backends only).", ""]
+             "in brackets). Drafts/pass: drafts the cost policy verified per deep pass (per pass that verified any, in "
+             "brackets); its cost table (ms: deep pass 1 row, each further row, draft step) decides how deep. Kernels: one AR "
+             "step / one verify step / one Kangaroo round. Host reads per round: device-to-host reads of torch tensors per "
+             "round, AR / Kangaroo (torch backends only).", ""]
     rows = []
     for r in results["rows"]:
         k = r.get("kernels_per_step") or {}
@@ -430,10 +450,12 @@ def markdown(results: dict, reports: list) -> str:
                      f"{fmt(r['ar_ms_per_token'])} ({fmt(r['ar_ms_per_token_with_prefill'])})",
                      f"{fmt(r['kangaroo_ms_per_token'])} ({fmt(r['kangaroo_ms_per_token_with_prefill'])})",
                      fmt(r["kangaroo_speedup"]) + "x", fmt(r["tokens_per_deep_pass"]),
+                     f"{fmt(r.get('drafts_per_deep_pass'))} ({fmt(r.get('drafts_per_drafting_pass'))})", costs_cell(r.get("cost_table")),
                      f"{r['identical']}/{r['n_prompts']}", "ok" if r["check"]["ok"] else "FAILED" if "error" not in r["check"] else "could not run",
                      " / ".join(fmt(k.get(n), "d") for n in ("ar_step", "verify_step", "kangaroo_round")) if k else "-",
                      f"{fmt(h['ar'])} / {fmt(h['kangaroo'])}" if (h := r.get("host_reads_per_round")) else "-"])
     lines += markdown_table(["backend", "precision", "mode", "AR ms/tok", "Kangaroo ms/tok", "speedup", "tok/deep pass",
+                             "drafts/pass", "costs (deep, +row, draft)",
                              "Kangaroo == AR", "check", "kernels", "host reads/round"], rows)
     divergences = [(r, d) for r in results["rows"] for d in r["divergences"]]
     if divergences:

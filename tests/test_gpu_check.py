@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from kangaroo_trt.runner.costs import CostTable
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 ROW_FIELDS = ("backend", "precision", "exact", "ar_ms_per_token", "kangaroo_ms_per_token", "kangaroo_speedup",
               "tokens_per_deep_pass", "equal", "n_prompts", "divergences", "kernels_per_step", "check",
-              "ar_ms_per_token_with_prefill", "kangaroo_ms_per_token_with_prefill")
+              "ar_ms_per_token_with_prefill", "kangaroo_ms_per_token_with_prefill", "drafts_per_deep_pass",
+              "drafts_per_drafting_pass", "cost_table")
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,6 +44,11 @@ def test_gpu_check_rehearsal_on_cpu_writes_every_row_field(tiny_model, tmp_path)
         assert 0 < r["ar_ms_per_token"] < r["ar_ms_per_token_with_prefill"]
         assert r["kangaroo_speedup"] == pytest.approx(r["ar_ms_per_token"] / r["kangaroo_ms_per_token"])
         assert r["tokens_per_deep_pass"] >= 1
+        # the cost policy's depth and the table it decided with, measured on this row's backend
+        table = CostTable.from_dict(r["cost_table"])
+        assert table.backend == r["backend"] and table.precision == "fp32" and table.rows >= 2
+        assert r["drafts_per_deep_pass"] >= 0
+        assert r["drafts_per_drafting_pass"] is None or r["drafts_per_drafting_pass"] >= 1
         assert r["check"]["ok"] and (r["check"]["backend"], r["check"]["precision"]) == (r["backend"], "fp32")
         assert r["check"]["kangaroo_equals_ar"]["prompts"] == 1
     assert rows["onnxruntime-cpu"]["kernels_per_step"] is None  # torch.profiler cannot see inside ONNX Runtime
