@@ -49,6 +49,20 @@ def test_a_greedy_round_on_torch_reads_back_once_and_never_the_logits(engine_dir
             assert run["largest_read"] < vocab, f"full-vocabulary logits crossed to the host: {run}"
 
 
+def test_a_round_that_reads_each_draft_reads_it_once(engine_dir):
+    """The tau policy decides after every draft, so it reads each one: the draft and its confidence cross together
+    (one read per draft, and the round's targets once)."""
+    with KangarooEngine.open(engine_dir, backend="torch-cpu", threads=1) as engine:
+        prompt_ids = engine.encode(CHECK_PROMPTS[0], chat=False)
+        config = engine.decode_config(max_new_tokens=20, mode="kangaroo", policy="tau", tau=0.0, gamma=4)
+        run = reads_per_round(engine.decoder, prompt_ids, config)
+        ar = reads_per_round(engine.decoder, prompt_ids, engine.decode_config(max_new_tokens=20, mode="ar"))
+        assert run["tokens"] == ar["tokens"] and max(run["drafts"]) >= 2
+        # a round reads its drafts (those verified, and one dropped at most) and then its targets
+        assert run["reads"] <= sum(run["drafts"]) + 2 * run["rounds"], run
+        assert run["largest_read"] < engine.manifest.model.vocab_size
+
+
 def test_every_draft_accepted_on_device_rounds(oracle_engine):
     """The oracle model accepts every draft: rounds whose last draft's exit state the adapter never read (its
     catch-up in the next round) are lossless and still read back once."""

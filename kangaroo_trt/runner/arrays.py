@@ -48,6 +48,19 @@ def to_host(array) -> np.ndarray:
     return array.get() if hasattr(array, "get") else np.array(array, copy=True)
 
 
+def read_draft(draft, confidence) -> tuple[int, float]:
+    """A draft id and its confidence ([1, 1] arrays where the backend keeps them) read in one copy: a policy that
+    decides after every draft waits for the device once per draft, not twice. float64 holds every token id exactly."""
+    if _is_torch(draft):
+        import torch
+
+        both = torch.cat([draft.reshape(1).double(), confidence.reshape(1).double()])
+    else:
+        both = concat([draft.reshape(1).astype(np.float64), confidence.reshape(1).astype(np.float64)], axis=0)
+    token, conf = to_host(both).tolist()
+    return int(token), conf
+
+
 def as_tensor(array):
     """A torch tensor of ``array`` where it is: numpy and CuPy arrays are shared, not copied (DLPack on the device)."""
     import torch

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..config import DecodeConfig
 from ..errors import InputError
-from .arrays import concat, snapshot, to_host, top2_margins
+from .arrays import concat, read_draft, snapshot, to_host, top2_margins
 from .backend import Backend, pad_feeds
 from .costs import CostTable, measure
 from .lookup import lookup_drafts, lookup_match
@@ -259,10 +259,13 @@ class Decoder:
         for j in range(most):
             pending = concat(state.unseen + exits[:1]) if j == 0 else exits[j]  # catch up first
             draft, confidence = self._adapter(pending, p + j + 1 - pending.shape[1])
-            choice = "more" if decide is None else decide(j, float(confidence[0, 0]))
+            choice, token = "more", draft  # unread: it crosses with the targets
+            if decide is not None:
+                token, conf = read_draft(draft, confidence)
+                choice = decide(j, conf)
             if choice == "drop":  # the adapter read this round's exit states up to exits[j]
                 return self._verify(state, concat(exits), drafts, t, adapter_read=j + 1)
-            drafts.append(draft if decide is None else int(draft[0, 0]))  # unread: it crosses with the targets
+            drafts.append(token)
             exits.append(self._shallow(draft, p + j + 1))  # the draft as the next input, where it is
             if choice == "keep":
                 break
