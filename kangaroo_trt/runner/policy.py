@@ -110,8 +110,7 @@ class DraftPolicy:
     plain_streak: int = 0
     tokens: float = 0.0
     time_ms: float = 0.0
-    _chances: list[float] = field(default_factory=list)  # the current round's acceptance chances, corrected
-    _basis: list[float] = field(default_factory=list)  # the same from the calibration alone: what outcomes judge
+    _basis: list[float] = field(default_factory=list)  # the calibration's chances of this round's drafts (uncorrected)
     _kind: str = "plain"
 
     # --- what a round is worth ----------------------------------------------------------------------------
@@ -131,14 +130,16 @@ class DraftPolicy:
     def _plain_value(self) -> float:
         return 1.0 - self.rate * self.costs.plain_ms
 
-    def _adapter_p(self, confidence: float, position: int) -> float:
-        return min(MAX_P, self.calibration.adapter(confidence, position) * self.adapter_outcomes.factor)
+    @staticmethod
+    def _corrected(basis: list[float], outcomes: Outcomes) -> list[float]:
+        """The calibration's chances ``basis`` scaled by this request's correction factor (none certain)."""
+        return [min(MAX_P, p * outcomes.factor) for p in basis]
 
     def _later_p(self) -> float:
-        return min(MAX_P, self.calibration.mean_later * self.adapter_outcomes.factor)
+        return self._corrected([self.calibration.mean_later], self.adapter_outcomes)[0]
 
-    def _plan(self, kind: str, chances: list[float], basis: list[float]) -> None:
-        self._kind, self._chances, self._basis = kind, chances, basis
+    def _plan(self, kind: str, basis: list[float]) -> None:
+        self._kind, self._basis = kind, basis
 
     def _adapter_values(self, known: list[float], j: int, room: int) -> dict[int, float]:
         """Value of verifying k = j - 1 .. room adapter drafts, the first j chances known (later ones: the mean)."""
@@ -163,19 +164,19 @@ class DraftPolicy:
     # --- decisions ----------------------------------------------------------------------------------------
     def lookup_count(self, ngram: int, available: int) -> int:
         """How many of ``available`` copied tokens (after an ``ngram``-token match) to verify; 0: none."""
-        c, f = self.costs, self.lookup_outcomes.factor
+        c = self.costs
         basis = [self.calibration.lookup_chance(ngram, i + 1) for i in range(available)]
-        chances = [min(MAX_P, p * f) for p in basis]
+        chances = self._corrected(basis, self.lookup_outcomes)
         values = [self._value(chances[:k], c.lookup_round_ms(k)) for k in range(available + 1)]
         best = max(range(available + 1), key=values.__getitem__)
         if best and values[best] - values[0] > max(self.gain, 0.0):
-            self._plan("lookup", chances[:best], basis[:best])
+            self._plan("lookup", basis[:best])
             return best
         return 0
 
     def start_adapter(self) -> bool:
         """Whether this round runs the adapter (else it is a plain step)."""
-        self._plan("plain", [], [])
+        self._plan("plain", [])
         if self.plain_streak >= PROBE_EVERY or self.gain >= 0.0:
             self._kind = "adapter"
             return True
@@ -184,16 +185,16 @@ class DraftPolicy:
     def after_draft(self, confidence: float, room: int) -> str:
         """After the adapter proposed draft j (confidence given): "drop" it (verify drafts 1..j-1), "keep" it and
         stop, or draft "more" (at most ``room`` drafts in all)."""
-        j = len(self._chances) + 1
+        j = len(self._basis) + 1
         if j == 1:  # how confident this request's first drafts are
             self.seen = [w * SEEN_MEMORY for w in self.seen or [0.0] * len(self.calibration.edges)]
             self.seen[self.calibration.bin(confidence)] += 1.0
             self.room = room
-        known = self._chances + [self._adapter_p(confidence, j)]
-        values = self._adapter_values(known, j, room)
+        basis = self._basis + [self.calibration.adapter(confidence, j)]
+        values = self._adapter_values(self._corrected(basis, self.adapter_outcomes), j, room)
         best = max(values, key=values.__getitem__)
         if best >= j:
-            self._chances, self._basis = known, self._basis + [self.calibration.adapter(confidence, j)]
+            self._basis = basis
         if best == j - 1 or best == j:
             return "keep" if best == j else "drop"
         return "more"
@@ -208,7 +209,7 @@ class DraftPolicy:
         best = max(range(room + 1), key=values.__getitem__)
         if not best and room and self.plain_streak >= PROBE_EVERY:
             best = 1
-        self._plan("adapter" if best else "plain", [later] * best, [self.calibration.mean_later] * best)
+        self._plan("adapter" if best else "plain", [self.calibration.mean_later] * best)
         return best
 
     # --- learning ---------------------------------------------------------------------------------------
@@ -229,4 +230,4 @@ class DraftPolicy:
         self.plain_streak = self.plain_streak + 1 if self._kind == "plain" else 0
         self.tokens += committed
         self.time_ms += time_ms
-        self._plan("plain", [], [])
+        self._plan("plain", [])
